@@ -1,0 +1,25 @@
+"""jax_deconv: Dragon's transposed convolution (``dragon.nn.conv*_transpose``) for JAX."""
+
+from jax_deconv._conv_transpose import (
+    ALGORITHMS,
+    choose_algorithm,
+    conv1d_transpose,
+    conv2d_transpose,
+    conv3d_transpose,
+    conv_transpose,
+    conv_transpose_plan,
+)
+from jax_deconv._plan import Plan
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ALGORITHMS",
+    "Plan",
+    "choose_algorithm",
+    "conv1d_transpose",
+    "conv2d_transpose",
+    "conv3d_transpose",
+    "conv_transpose",
+    "conv_transpose_plan",
+]

@@ -1,0 +1,94 @@
+"""``python -m jax_deconv``: a self-check to run on new hardware.
+
+Prints the JAX version and device, runs the seed page's example, then checks a bundled set
+of cases computed by the real Dragon 0.3.0 (``data/golden_selfcheck.npz``: every 10th case
+of the small golden set and every 8th of the large one) on the current backend: forward and
+the dx, dw, db of the VJP under the stored upstream gradient. Exit status 0 when all match.
+
+``python -m jax_deconv bench [...]`` runs the benchmark suite (see ``benchmarks/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jax_deconv
+from jax_deconv._conv_transpose import ALGORITHMS
+
+FORWARD_TOL, GRADIENT_TOL = 1e-4, 1e-3  # golden README: exact float32 implementations
+
+
+SELFCHECK_DATA = os.path.join(os.path.dirname(__file__), "data", "golden_selfcheck.npz")
+
+
+def golden_cases(path: str = SELFCHECK_DATA):
+    """Yield ``(name, args, inputs, y, gy, grads)`` from a golden ``.npz``.
+
+    Dragon reports the NHWC weight gradient under the NCHW weight shape (its data is in NHWC
+    order), so ``dw`` is reshaped to the weight's shape.
+    """
+    z = np.load(path)
+    for case in sorted({k.rsplit("_", 1)[0] for k in z.files if k.endswith("_args")}):
+        args = json.loads(str(z[case + "_args"]))
+        inputs = [z[case + "_x"], z[case + "_w"]]
+        grads = [z[case + "_dx"], z[case + "_dw"].reshape(inputs[1].shape)]
+        if args.pop("bias"):
+            inputs.append(z[case + "_b"])
+            grads.append(z[case + "_db"])
+        yield case, args, inputs, z[case + "_y"], z[case + "_gy"], grads
+
+
+def check_case(args, inputs, y_want, gy, grads_want, algorithm="auto") -> bool:
+    """Forward and VJP of one golden case under ``jit``, within the golden tolerances."""
+
+    def f(*arrays):
+        return jax_deconv.conv_transpose(list(arrays), **args, algorithm=algorithm)
+
+    y, vjp = jax.vjp(jax.jit(f), *inputs)
+    grads = vjp(jnp.asarray(gy))
+    ok = y.shape == y_want.shape and np.allclose(y, y_want, FORWARD_TOL, FORWARD_TOL)
+    for got, want in zip(grads, grads_want):
+        ok = ok and got.shape == want.shape and np.allclose(got, want, GRADIENT_TOL, GRADIENT_TOL)
+    return bool(ok)
+
+
+def selfcheck(algorithm: str) -> int:
+    print(f"jax_deconv {jax_deconv.__version__}, jax {jax.__version__}, jaxlib {jax.lib.__version__}")
+    print(f"backend {jax.default_backend()}: {', '.join(str(d) for d in jax.devices())}")
+    x, w = jnp.ones((1, 2, 2, 2, 2)), jnp.ones((2, 3, 1, 1, 1))
+    y = jax_deconv.conv3d_transpose([x, w], kernel_shape=1, output_padding=(1, 1, 1), output_shape=(3, 3, 3))
+    print(f"seed example: conv3d_transpose -> shape {y.shape}, sum {float(y.sum())} (expected 48.0)")
+    seed_ok = y.shape == (1, 3, 3, 3, 3) and float(y.sum()) == 48.0
+    matched = total = 0
+    for name, args, inputs, y_want, gy, grads in golden_cases():
+        total += 1
+        if check_case(args, inputs, y_want, gy, grads, algorithm):
+            matched += 1
+        else:
+            print(f"  MISMATCH {name}: {args}")
+    print(f"Dragon golden cases (forward, dx, dw, db; algorithm={algorithm!r}): {matched}/{total} match")
+    ok = seed_ok and matched == total
+    print("OK" if ok else "FAILED")
+    return 0 if ok else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from jax_deconv import _bench
+
+        return _bench.main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m jax_deconv", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
+    return selfcheck(parser.parse_args(argv).algorithm)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""Dragon's ``conv_transpose`` arguments -> a frozen, hashable plan.
+
+Pure Python (NumPy only for accepting array-valued sizes); nothing here imports JAX.
+Every size and padding formula of the package lives in this module.
+
+The maths, along one spatial axis (stride ``s``, dilation ``d``, kernel ``K``, input ``S``)::
+
+    full length      L = s*(S-1) + d*(K-1) + 1
+    full[s*p + d*q] += x[p] * w[q]            (input position p, kernel tap q)
+    y[i] = full[i + pad_begin]  for i in [0, O)   (zero past the end of ``full``)
+
+Explicit pads (``padding='VALID'`` and no ``output_shape``)::
+
+    O = L - pad_begin - pad_end (+ output_padding)
+
+Automatic pads (any ``'SAME*'`` or ``output_shape`` given; ``'SAME'`` is ``'SAME_LOWER'``)::
+
+    total = max(L - O, 0)                     (output_padding does not enter, unlike ONNX)
+    SAME_UPPER: pad_begin = total // 2        SAME / SAME_LOWER: pad_end = total // 2
+
+Sub-pixel (phase) form used by every lowering. Write a full position as ``o = s*m + r`` with
+phase ``r`` in ``[0, s)``. Dilating the kernel by ``d`` (inserting ``d-1`` zeros between taps)
+and zero-padding it to ``s*T`` taps, ``T = ceil((d*(K-1)+1)/s)``, then reading it as a
+``(T, s)`` array gives the phase sub-kernels ``w_r[a] = w_dil[s*a + r]``, and::
+
+    full[s*m + r] = sum_a x[m - a] * w_r[a]          m in [0, S + T - 1)
+
+a stride-1 "full" correlation of the *undilated* input: no zeros are inserted into ``x``.
+Along an axis with ``s == 1`` the kernel is used as is with dilation ``d`` instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+PADDINGS = ("VALID", "SAME", "SAME_UPPER", "SAME_LOWER")
+DATA_FORMATS = ("NCHW", "NHWC")
+
+
+# --------------------------------------------------------------------------- normalisers
+
+
+def _fail(op: str, name: str, value: Any, allowed: str, exc: type = ValueError) -> Exception:
+    return exc(f"{op}: `{name}` must be {allowed}; got {value!r}.")
+
+
+def _as_int(op: str, name: str, value: Any, minimum: int) -> int:
+    """One integer >= ``minimum``; bools, floats and strings are refused."""
+    kind = f"an integer >= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise _fail(op, name, value, kind, TypeError)
+    if value < minimum:
+        raise _fail(op, name, value, kind)
+    return int(value)
+
+
+def _as_sequence(op: str, name: str, value: Any, allowed: str) -> tuple[Any, ...]:
+    if isinstance(value, np.ndarray):
+        if value.ndim != 1:
+            raise _fail(op, name, value, allowed, ValueError)
+        return tuple(value.tolist())
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise _fail(op, name, value, allowed, TypeError)
+    return tuple(value)
+
+
+def per_axis(op: str, name: str, value: Any, n: int, minimum: int) -> tuple[int, ...]:
+    """An int, a 1-element sequence (broadcast) or ``n`` ints, each >= ``minimum``."""
+    allowed = f"an int or a sequence of 1 or {n} ints, each >= {minimum}"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values: tuple[Any, ...] = (value,)
+    else:
+        values = _as_sequence(op, name, value, allowed)
+    if len(values) not in (1, n):
+        raise ValueError(f"{op}: `{name}` must be {allowed}; got {value!r} ({len(values)} values).")
+    try:
+        ints = tuple(_as_int(op, name, v, minimum) for v in values)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{op}: `{name}` must be {allowed}; got {value!r}.") from None
+    return ints * n if len(ints) == 1 else ints
+
+
+def resolve_pads(op: str, value: Any, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Dragon's ``pads``: an int, ``n`` values (begin = end) or ``2n`` (all begins, then all ends)."""
+    allowed = f"a non-negative int or a sequence of 1, {n} or {2 * n} non-negative ints"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values: tuple[Any, ...] = (value,)
+    else:
+        values = _as_sequence(op, "pads", value, allowed)
+    if len(values) not in (1, n, 2 * n):
+        raise ValueError(f"{op}: `pads` must be {allowed}; got {value!r} ({len(values)} values).")
+    try:
+        ints = tuple(_as_int(op, "pads", v, 0) for v in values)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{op}: `pads` must be {allowed}; got {value!r}.") from None
+    if len(ints) == 2 * n:
+        return ints[:n], ints[n:]
+    ints = ints * n if len(ints) == 1 else ints
+    return ints, ints
+
+
+def _choice(op: str, name: str, value: Any, allowed: Sequence[str]) -> str:
+    text = "one of " + ", ".join(repr(a) for a in allowed)
+    if not isinstance(value, str):
+        raise _fail(op, name, value, text, TypeError)
+    if value.upper() not in allowed:
+        raise _fail(op, name, value, text)
+    return value.upper()
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclasses.dataclass(frozen=True)
+class AxisPhase:
+    """How one spatial axis is computed in phase space (see the module docstring).
+
+    The lowering crops ``x`` by ``crop`` (begin, end), pads it by ``pad`` (begin, end), runs a
+    stride-1 correlation with ``taps`` flipped sub-kernel taps spaced ``dilation`` apart, which
+    gives phase positions ``[m_begin, m_end)`` for each of the ``stride`` phases; interleaving
+    them covers full positions ``[stride*m_begin, stride*m_end)``, of which ``y`` keeps
+    ``[offset, offset + out)``.
+    """
+
+    stride: int
+    taps: int
+    dilation: int
+    kernel_padded: int  # taps * stride (s > 1) or K (s == 1): length of the phase-split kernel
+    crop: tuple[int, int]
+    pad: tuple[int, int]
+    m_begin: int
+    m_end: int
+    offset: int
+    out: int
+
+    @property
+    def span(self) -> int:
+        """Taps reach back this many phase positions: ``A = dilation * (taps - 1)``."""
+        return self.dilation * (self.taps - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Static description of one ``conv_transpose`` call. Hashable, so usable under ``jit``.
+
+    Spatial quantities are tuples with one entry per spatial axis.
+    """
+
+    data_format: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    group: int
+    in_spatial: tuple[int, ...]
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    dilations: tuple[int, ...]
+    pad_begin: tuple[int, ...]  # cropped from the front of the full output
+    pad_end: tuple[int, ...]  # cropped from its end; negative = zero tail appended
+    out_spatial: tuple[int, ...]
+    has_bias: bool
+
+    @property
+    def ndim(self) -> int:
+        return len(self.in_spatial)
+
+    @property
+    def full_spatial(self) -> tuple[int, ...]:
+        return tuple(map(full_length, self.in_spatial, self.kernel, self.strides, self.dilations))
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        if self.data_format == "NCHW":
+            return (self.batch, self.out_channels, *self.out_spatial)
+        return (self.batch, *self.out_spatial, self.out_channels)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        per_group = self.out_channels // self.group
+        if self.data_format == "NCHW":
+            return (self.in_channels, per_group, *self.kernel)
+        return (self.in_channels, *self.kernel, per_group)
+
+    @property
+    def phases(self) -> tuple[AxisPhase, ...]:
+        return tuple(
+            axis_phase(*args)
+            for args in zip(
+                self.in_spatial, self.kernel, self.strides, self.dilations, self.pad_begin, self.out_spatial
+            )
+        )
+
+    @property
+    def is_zero(self) -> bool:
+        """True when every kept position lies past the end of the full output (y = bias)."""
+        return any(p.m_begin >= size + p.span for p, size in zip(self.phases, self.in_spatial))
+
+
+def full_length(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """Length of the uncropped transposed convolution: ``s*(S-1) + d*(K-1) + 1``."""
+    return stride * (size - 1) + dilation * (kernel - 1) + 1
+
+
+def axis_phase(size: int, kernel: int, stride: int, dilation: int, pad_begin: int, out: int) -> AxisPhase:
+    """Phase-space geometry of one axis; see :class:`AxisPhase`."""
+    if stride == 1:
+        taps, tap_dilation, kernel_padded = kernel, dilation, kernel
+    else:
+        taps = -(-(dilation * (kernel - 1) + 1) // stride)
+        tap_dilation, kernel_padded = 1, taps * stride
+    span = tap_dilation * (taps - 1)
+    m_begin = pad_begin // stride
+    m_end = -(-(pad_begin + out) // stride)
+    # correlation padding that yields exactly [m_begin, m_end); negative parts become crops
+    lo, hi = span - m_begin, m_end - size
+    return AxisPhase(
+        stride=stride,
+        taps=taps,
+        dilation=tap_dilation,
+        kernel_padded=kernel_padded,
+        crop=(max(-lo, 0), max(-hi, 0)),
+        pad=(max(lo, 0), max(hi, 0)),
+        m_begin=m_begin,
+        m_end=m_end,
+        offset=pad_begin - stride * m_begin,
+        out=out,
+    )
+
+
+def _output_sizes(
+    op: str,
+    name: str,
+    value: Any,
+    n: int,
+    minimum: int,
+) -> tuple[int, ...] | None:
+    """``output_shape`` / ``output_padding``: None, an int or exactly ``n`` ints."""
+    if value is None:
+        return None
+    allowed = f"None or a sequence of {n} ints, each >= {minimum}"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        values: tuple[Any, ...] = (value,) * n
+    else:
+        values = _as_sequence(op, name, value, allowed)
+    if len(values) != n:
+        raise ValueError(f"{op}: `{name}` must be {allowed}; got {value!r} ({len(values)} values).")
+    try:
+        return tuple(_as_int(op, name, v, minimum) for v in values)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{op}: `{name}` must be {allowed}; got {value!r}.") from None
+
+
+def make_plan(
+    x_shape: Sequence[int],
+    w_shape: Sequence[int],
+    b_shape: Sequence[int] | None,
+    *,
+    kernel_shape: Any,
+    strides: Any = 1,
+    pads: Any = 0,
+    dilations: Any = 1,
+    group: Any = 1,
+    padding: Any = "VALID",
+    output_padding: Any = None,
+    output_shape: Any = None,
+    data_format: Any = "NCHW",
+    op: str = "conv_transpose",
+    ndim: int | None = None,
+) -> Plan:
+    """Resolve Dragon's arguments against static shapes; raise ``ValueError``/``TypeError``.
+
+    ``ndim`` fixes the number of spatial axes (the 1-D/2-D/3-D wrappers); ``None`` takes it
+    from ``x``.
+
+    >>> p = make_plan((1, 2, 2, 2, 2), (2, 3, 1, 1, 1), None, kernel_shape=1,
+    ...               output_padding=(1, 1, 1), output_shape=(3, 3, 3))
+    >>> p.out_shape, p.pad_begin, p.pad_end
+    ((1, 3, 3, 3, 3), (0, 0, 0), (-1, -1, -1))
+    """
+    data_format = _choice(op, "data_format", data_format, DATA_FORMATS)
+    padding = _choice(op, "padding", padding, PADDINGS)
+    x_shape, w_shape = tuple(x_shape), tuple(w_shape)
+    n = len(x_shape) - 2 if ndim is None else ndim
+    if len(x_shape) != n + 2 or n < 1:
+        want = "at least 3 (N, C, spatial...)" if ndim is None else f"{n + 2}"
+        raise ValueError(
+            f"{op}: input `x` must have rank {want} for data_format={data_format!r}; "
+            f"got shape {x_shape} (rank {len(x_shape)})."
+        )
+    kernel = per_axis(op, "kernel_shape", kernel_shape, n, 1)
+    strides_ = per_axis(op, "strides", strides, n, 1)
+    dilations_ = per_axis(op, "dilations", dilations, n, 1)
+    begins, ends = resolve_pads(op, pads, n)
+    group = _as_int(op, "group", group, 1)
+    out_pad = _output_sizes(op, "output_padding", output_padding, n, 0)
+    out_shape = _output_sizes(op, "output_shape", output_shape, n, 1)
+
+    if data_format == "NCHW":
+        batch, c_in, spatial = x_shape[0], x_shape[1], x_shape[2:]
+    else:
+        batch, c_in, spatial = x_shape[0], x_shape[-1], x_shape[1:-1]
+    if c_in % group:
+        raise ValueError(f"{op}: `group` (={group}) must divide the input channels C_in (={c_in}).")
+    if any(s < 1 for s in spatial) or batch < 0:
+        raise ValueError(f"{op}: input `x` must have non-empty spatial axes; got shape {x_shape}.")
+
+    # weight: (C_in, C_out/group, *K) for NCHW, (C_in, *K, C_out/group) for NHWC
+    layout = "(C_in, C_out/group, *kernel)" if data_format == "NCHW" else "(C_in, *kernel, C_out/group)"
+    if len(w_shape) == n + 2:
+        w_kernel = w_shape[2:] if data_format == "NCHW" else w_shape[1:-1]
+        per_group = w_shape[1] if data_format == "NCHW" else w_shape[-1]
+    else:
+        w_kernel, per_group = None, -1
+    if w_kernel is None or w_shape[0] != c_in or per_group < 1 or min(w_kernel) < 1:
+        expect = (c_in, "C_out/group", *kernel) if data_format == "NCHW" else (c_in, *kernel, "C_out/group")
+        raise ValueError(
+            f"{op}: `weight` must have shape {layout} = {expect} for data_format={data_format!r} "
+            f"and x of shape {x_shape}; got {w_shape}."
+        )
+    if tuple(w_kernel) != kernel:
+        raise ValueError(
+            f"{op}: `kernel_shape` (={kernel_shape!r}) disagrees with the weight's kernel axes "
+            f"{tuple(w_kernel)} (weight shape {w_shape}, layout {layout})."
+        )
+    c_out = per_group * group
+    if b_shape is not None and tuple(b_shape) != (c_out,):
+        raise ValueError(f"{op}: `bias` must have shape (C_out,) = ({c_out},); got {tuple(b_shape)}.")
+
+    full = tuple(map(full_length, spatial, kernel, strides_, dilations_))
+    if out_shape is None and padding != "VALID":
+        raise ValueError(f"{op}: `output_shape` is required for padding={padding!r}; got None.")
+    if out_shape is None:
+        extra = out_pad or (0,) * n
+        outs = tuple(f - b - e + p for f, b, e, p in zip(full, begins, ends, extra))
+        for i, o in enumerate(outs):
+            if o < 1:
+                raise ValueError(
+                    f"{op}: `pads` (={pads!r}) crop spatial axis {i} to size {o} "
+                    f"(full size {full[i]}, pads {begins[i]} + {ends[i]}); each output size must be >= 1."
+                )
+        ends = tuple(e - p for e, p in zip(ends, extra))
+    else:
+        extra = out_pad or (0,) * n
+        for i, (o, f, p) in enumerate(zip(out_shape, full, extra)):
+            if o > f + p:
+                raise ValueError(
+                    f"{op}: `output_shape` (={list(out_shape)}) is too large along spatial axis {i}: "
+                    f"{o} > {f + p}, the largest reachable size s*(S-1) + d*(K-1) + 1 + output_padding; "
+                    f"a larger `output_padding` raises the maximum."
+                )
+        outs = out_shape
+        totals = tuple(max(f - o, 0) for f, o in zip(full, outs))
+        if padding == "SAME_UPPER":
+            begins = tuple(t // 2 for t in totals)
+        else:  # 'SAME', 'SAME_LOWER', and 'VALID' switched to 'SAME' by output_shape
+            begins = tuple(t - t // 2 for t in totals)
+        ends = tuple(f - b - o for f, b, o in zip(full, begins, outs))
+
+    return Plan(
+        data_format=data_format,
+        batch=batch,
+        in_channels=c_in,
+        out_channels=c_out,
+        group=group,
+        in_spatial=tuple(spatial),
+        kernel=kernel,
+        strides=strides_,
+        dilations=dilations_,
+        pad_begin=begins,
+        pad_end=ends,
+        out_spatial=tuple(outs),
+        has_bias=b_shape is not None,
+    )
+
+
+def phase_buffer_elements(plan: Plan) -> int:
+    """Elements of the im2col buffer of the phase-GEMM lowering (taps x padded input)."""
+    phases = plan.phases
+    rows = math.prod(p.m_end - p.m_begin for p in phases)
+    taps = math.prod(p.taps for p in phases)
+    return plan.batch * rows * taps * plan.in_channels

@@ -1,0 +1,94 @@
+"""Randomised sweep of valid configurations; ``test_sweep.py`` runs it in a subprocess.
+
+An XLA abort kills this process, not pytest. Each configuration compiles one ``jit`` of the
+forward, the VJP and the JVP (float64) and checks them against the NumPy reference:
+``y == ref(x, w, b)`` and, for a random direction ``(u, v, c)``,
+``jvp == ref(u, w, c) + ref(x, v)`` and ``<gy, jvp> == <dx, u> + <dw, v> + <db, c>``.
+The shapes favour small volumes under large, dilated kernels with large crops: the ones
+that abort XLA under the plain lhs-dilated lowering. The last line printed is
+``SWEEP <cases> <mismatches>``; the line before an abort names the case.
+
+Usage: ``python tests/sweep.py SEED COUNT ALGORITHM``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from reference import reference
+
+from jax_deconv import conv_transpose
+
+
+def random_config(rng: np.random.Generator) -> tuple[dict, tuple, tuple, int]:
+    n = int(rng.integers(1, 4))
+    group = int(rng.choice([1, 1, 2, 3]))
+    kernel = [int(v) for v in rng.integers(1, 5, n)]
+    strides = [int(v) for v in rng.integers(1, 4, n)]
+    dilations = [int(v) for v in rng.choice([1, 1, 2, 3], n)]
+    size = [int(v) for v in rng.integers(1, 5, n)]
+    cfg = dict(kernel_shape=kernel, strides=strides, dilations=dilations, group=group,
+               data_format=str(rng.choice(["NCHW", "NHWC"])))
+    full = [s * (i - 1) + d * (k - 1) + 1 for s, i, d, k in zip(strides, size, dilations, kernel)]
+    extra = [int(v) for v in rng.integers(0, 3, n)] if rng.random() < 0.4 else [0] * n
+    if extra != [0] * n or rng.random() < 0.2:
+        cfg["output_padding"] = extra
+    if rng.random() < 0.4:  # explicit pads, asymmetric, up to cropping all but one position
+        begin = [int(rng.integers(0, f + e)) for f, e in zip(full, extra)]
+        end = [int(rng.integers(0, f + e - b)) for f, e, b in zip(full, extra, begin)]
+        cfg["pads"] = begin + end
+    else:
+        cfg["padding"] = str(rng.choice(["VALID", "SAME", "SAME_UPPER", "SAME_LOWER"]))
+        cfg["output_shape"] = [int(rng.integers(1, f + e + 1)) for f, e in zip(full, extra)]
+    c_in, cg_out, batch = group * int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    if cfg["data_format"] == "NCHW":
+        x_shape, w_shape = (batch, c_in, *size), (c_in, cg_out, *kernel)
+    else:
+        x_shape, w_shape = (batch, *size, c_in), (c_in, *kernel, cg_out)
+    return cfg, x_shape, w_shape, cg_out * group
+
+
+def check(rng: np.random.Generator, cfg: dict, x_shape, w_shape, c_out: int, algorithm: str) -> bool:
+    x, u = rng.standard_normal(x_shape), rng.standard_normal(x_shape)
+    w, v = rng.standard_normal(w_shape), rng.standard_normal(w_shape)
+    b, c = rng.standard_normal(c_out), rng.standard_normal(c_out)
+    want = reference(x, w, b, **cfg)
+    gy = rng.standard_normal(want.shape)
+
+    def f(x, w, b):
+        return conv_transpose([x, w, b], **cfg, algorithm=algorithm)
+
+    @jax.jit
+    def everything(x, w, b, u, v, c, gy):
+        y, vjp = jax.vjp(f, x, w, b)
+        return y, vjp(gy), jax.jvp(f, (x, w, b), (u, v, c))[1]
+
+    y, (dx, dw, db), ty = everything(x, w, b, u, v, c, gy)
+    t_want = reference(u, w, c, **cfg) + reference(x, v, None, **cfg)
+    return bool(
+        np.allclose(y, want, 1e-10, 1e-10)
+        and np.allclose(ty, t_want, 1e-10, 1e-10)
+        and np.isclose(np.vdot(gy, t_want), np.vdot(dx, u) + np.vdot(dw, v) + np.vdot(db, c), 1e-10, 1e-10)
+    )
+
+
+def main(seed: int, count: int, algorithm: str) -> None:
+    jax.config.update("jax_enable_x64", True)
+    rng = np.random.default_rng(seed)
+    bad = 0
+    for i in range(count):
+        cfg, x_shape, w_shape, c_out = random_config(rng)
+        print(i, x_shape, w_shape, cfg, flush=True)
+        if not check(rng, cfg, x_shape, w_shape, c_out, algorithm):
+            bad += 1
+            print("MISMATCH", i, flush=True)
+    print(f"SWEEP {count} {bad}", flush=True)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,36 @@
+"""Every case computed by the real Dragon 0.3.0: forward, and dx, dw, db of the VJP."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from support import ALGORITHMS, load_golden
+
+from jax_deconv import conv_transpose
+
+CASES = load_golden("dragon_small") + load_golden("dragon_large")
+FORWARD_TOL, GRADIENT_TOL = 1e-4, 1e-3  # golden/README.md
+
+
+def test_all_cases_present():
+    assert len(CASES) == 540
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_golden(case, algorithm):
+    _, args, inputs, y_want, gy, grads_want = case
+
+    @jax.jit
+    def forward_and_vjp(gy, *inputs):
+        y, vjp = jax.vjp(lambda *a: conv_transpose(list(a), **args, algorithm=algorithm), *inputs)
+        return y, vjp(gy)
+
+    y, grads = forward_and_vjp(gy, *inputs)
+    assert y.shape == y_want.shape
+    np.testing.assert_allclose(y, y_want, rtol=FORWARD_TOL, atol=FORWARD_TOL)
+    assert len(grads) == len(grads_want)
+    for got, want in zip(grads, grads_want):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=GRADIENT_TOL, atol=GRADIENT_TOL)
