@@ -9,12 +9,17 @@ from jax_deconv._conv_transpose import (
     conv_transpose,
     conv_transpose_plan,
 )
+from jax_deconv._layer import ConvTranspose, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from jax_deconv._plan import Plan
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "ConvTranspose",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "Plan",
     "choose_algorithm",
     "conv1d_transpose",

@@ -143,16 +143,16 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred) -> jax.Array:
         x = jnp.moveaxis(x, 1, -1)
     x = _crop_and_pad(x, plan, list(range(1, n + 1)))
     m = [p.m_end - p.m_begin for p in phases]
-    cols = []
-    for offsets in np.ndindex(*(p.taps for p in phases)):
-        start = [0, *(p.dilation * j for p, j in zip(phases, offsets)), 0]
-        limit = [x.shape[0], *(st + mi for st, mi in zip(start[1:], m)), x.shape[-1]]
-        cols.append(lax.slice(x, start, limit))
-    patches = jnp.stack(cols, axis=-2).reshape(plan.batch, *m, len(cols), g, cg_in)
+    # im2col one axis at a time (sum(taps) slices, not prod(taps)): (N, M1..Mn, T1..Tn, C_in)
+    for i, p in enumerate(phases):
+        cols = [lax.slice_in_dim(x, p.dilation * j, p.dilation * j + m[i], axis=1 + i) for j in range(p.taps)]
+        x = jnp.stack(cols, axis=1 + n + i)
+    n_taps = math.prod(p.taps for p in phases)
+    patches = x.reshape(plan.batch, *m, n_taps, g, cg_in)
     k = _phase_kernel(w, plan)  # (G, Cg_in, Cg_out, T1, s1, ..., Tn, sn)
     taps = [3 + 2 * i for i in range(n)]
     strides = [4 + 2 * i for i in range(n)]
-    k = jnp.transpose(k, [0, *taps, 1, *strides, 2]).reshape(g, len(cols), cg_in, -1)
+    k = jnp.transpose(k, [0, *taps, 1, *strides, 2]).reshape(g, n_taps, cg_in, -1)
     y = lax.dot_general(
         patches,
         k,

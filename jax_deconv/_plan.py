@@ -380,8 +380,12 @@ def make_plan(
 
 
 def phase_buffer_elements(plan: Plan) -> int:
-    """Elements of the im2col buffer of the phase-GEMM lowering (taps x padded input)."""
+    """Elements of the im2col buffer of the phase-GEMM lowering (taps x padded input).
+
+    A symbolic batch size (``jax.export`` shape polymorphism) counts as one example.
+    """
     phases = plan.phases
     rows = math.prod(p.m_end - p.m_begin for p in phases)
     taps = math.prod(p.taps for p in phases)
-    return plan.batch * rows * taps * plan.in_channels
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    return batch * rows * taps * plan.in_channels

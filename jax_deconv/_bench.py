@@ -1,0 +1,344 @@
+"""Benchmark suite: ``python -m jax_deconv bench`` (or ``python benchmarks/run.py``).
+
+Realistic 1-D/2-D/3-D decoder layers, float32 and bfloat16, forward and forward+backward
+(``value_and_grad`` of a non-linear loss, so XLA cannot drop the forward), on whatever
+backend JAX sees. Baselines measured in the same run when available: PyTorch (contiguous and
+channels-last) and ``jax.lax.conv_transpose`` (the plain lhs-dilated lowering). Every answer is
+checked against ours before it is timed. Output: a table on stdout, JSON lines, a PNG chart
+(if matplotlib is installed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+import jax_deconv
+from jax_deconv import conv_transpose
+
+PEAK_GFLOPS = {"NVIDIA H100 80GB HBM3": {"float32": 67e3, "bfloat16": 989e3}}
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    name: str
+    batch: int
+    c_in: int
+    c_out: int
+    size: tuple[int, ...]
+    kernel: int
+    stride: int
+    pads: int = 0
+    output_padding: int = 0
+    group: int = 1
+
+    @property
+    def ndim(self) -> int:
+        return len(self.size)
+
+    def args(self) -> dict:
+        n = self.ndim
+        return dict(kernel_shape=self.kernel, strides=self.stride, pads=self.pads, group=self.group,
+                    output_padding=(self.output_padding,) * n if self.output_padding else None)
+
+    def flops(self) -> float:
+        """Multiply-adds x 2 of the forward: every input element times every tap and output channel."""
+        return 2.0 * self.batch * self.c_in * (self.c_out // self.group) * math.prod(self.size) * self.kernel**self.ndim
+
+    def describe(self) -> str:
+        n = self.ndim
+        text = f"N{self.batch} {self.c_in}->{self.c_out} {self.size[0]}^{n} k{self.kernel} s{self.stride}"
+        text += f" p{self.pads}" if self.pads else ""
+        text += f" op{self.output_padding}" if self.output_padding else ""
+        return text + (f" g{self.group}" if self.group > 1 else "")
+
+
+CONFIGS = [
+    Config("A", 2, 32, 16, (16, 16, 16), 4, 2, pads=1),
+    Config("B", 1, 64, 32, (24, 24, 24), 2, 2),
+    Config("C", 4, 16, 16, (12, 12, 12), 3, 1, pads=1),
+    Config("D", 1, 32, 32, (16, 16, 16), 3, 2, pads=1, output_padding=1, group=4),
+    Config("E", 1, 4, 4, (8, 8, 8), 3, 2),
+    Config("F", 1, 64, 32, (32, 32, 32), 4, 2, pads=1),
+    Config("G2d", 8, 128, 64, (32, 32), 4, 2, pads=1),
+    Config("H1d", 8, 256, 128, (256,), 4, 2, pads=1),
+]
+
+
+# --------------------------------------------------------------------------- implementations
+
+
+def _shapes(cfg: Config, layout: str):
+    k = (cfg.kernel,) * cfg.ndim
+    if layout == "NCHW":
+        return (cfg.batch, cfg.c_in, *cfg.size), (cfg.c_in, cfg.c_out // cfg.group, *k)
+    return (cfg.batch, *cfg.size, cfg.c_in), (cfg.c_in, *k, cfg.c_out // cfg.group)
+
+
+def ours(cfg: Config, layout: str, algorithm: str) -> Callable:
+    def f(x, w):
+        return conv_transpose([x, w], **cfg.args(), data_format=layout, algorithm=algorithm)
+
+    return f
+
+
+def lax_conv_transpose(cfg: Config) -> Callable | None:
+    """``jax.lax.conv_transpose`` (NCHW, Dragon/PyTorch weight layout); no groups."""
+    if cfg.group != 1:
+        return None
+    n, k = cfg.ndim, cfg.kernel
+    lo = k - 1 - cfg.pads
+    spec = "NC" + "DHW"[3 - n:]
+    kspec = "OI" + "DHW"[3 - n:]
+
+    def f(x, w):
+        return lax.conv_transpose(x, w, (cfg.stride,) * n, [(lo, lo + cfg.output_padding)] * n,
+                                  dimension_numbers=(spec, kspec, spec), transpose_kernel=True)
+
+    return f
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def torch_fn(cfg: Config, channels_last: bool):
+    torch = _torch()
+    if torch is None:
+        return None
+    op = {1: torch.nn.functional.conv_transpose1d, 2: torch.nn.functional.conv_transpose2d,
+          3: torch.nn.functional.conv_transpose3d}[cfg.ndim]
+    fmt = {2: torch.channels_last, 3: torch.channels_last_3d}.get(cfg.ndim) if channels_last else None
+    if channels_last and fmt is None:
+        return None
+
+    def prepare(x, w):
+        if fmt is not None:
+            x, w = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
+        return x, w
+
+    def f(x, w):
+        return op(x, w, stride=cfg.stride, padding=cfg.pads, output_padding=cfg.output_padding, groups=cfg.group)
+
+    return prepare, f
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def _median_ms(call: Callable[[], object], budget_s: float) -> tuple[float, int]:
+    call()  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < budget_s and len(times) < 50):
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+        if times[-1] > budget_s:
+            break
+    return 1e3 * statistics.median(times), len(times)
+
+
+def time_jax(fn: Callable, x, w, mode: str, budget_s: float) -> dict:
+    if mode == "forward":
+        target = fn
+    else:
+        def target(x, w):
+            return jax.value_and_grad(lambda x, w: jnp.sum(jnp.square(fn(x, w).astype(jnp.float32))),
+                                      argnums=(0, 1))(x, w)
+    jax.clear_caches()  # time a cold compile, not the answer check's cached one
+    t = time.perf_counter()
+    compiled = jax.jit(target).lower(x, w).compile()
+    compile_s = time.perf_counter() - t
+    memory = None
+    analysis = compiled.memory_analysis()
+    if analysis is not None:
+        memory = int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes + analysis.argument_size_in_bytes)
+    ms, reps = _median_ms(lambda: jax.block_until_ready(compiled(x, w)), budget_s)
+    return dict(ms=ms, reps=reps, compile_s=compile_s, peak_bytes=memory)
+
+
+def time_torch(spec, x, w, mode: str, budget_s: float) -> dict:
+    torch = _torch()
+    prepare, f = spec
+    x, w = prepare(x, w)
+    if mode == "forward":
+        def call():
+            with torch.no_grad():
+                f(x, w)
+    else:
+        x.requires_grad_(True)
+        w.requires_grad_(True)
+
+        def call():
+            y = f(x, w)
+            torch.autograd.grad((y.float() ** 2).sum(), (x, w))
+    if torch.cuda.is_available():
+        inner = call
+
+        def call():
+            inner()
+            torch.cuda.synchronize()
+    ms, reps = _median_ms(call, budget_s)
+    return dict(ms=ms, reps=reps, compile_s=None, peak_bytes=None)
+
+
+# --------------------------------------------------------------------------- suite
+
+
+def _device_name() -> str:
+    d = jax.devices()[0]
+    return getattr(d, "device_kind", str(d))
+
+
+def run(configs, dtypes, modes, algorithms, budget_s, out_path, slow_limit_s) -> list[dict]:
+    torch = _torch()
+    device = _device_name()
+    env = dict(device=device, backend=jax.default_backend(), jax=jax.__version__,
+               torch=None if torch is None else torch.__version__, jax_deconv=jax_deconv.__version__,
+               date=datetime.date.today().isoformat(), machine=platform.machine(), cpus=os.cpu_count())
+    print(f"# {env}", flush=True)
+    rows = []
+    total = len(configs) * len(dtypes) * len(modes)
+    step = 0
+    for cfg in configs:
+        for dtype in dtypes:
+            rng = np.random.default_rng(0)
+            x_nc, w_nc = (rng.standard_normal(s).astype(np.float32) for s in _shapes(cfg, "NCHW"))
+            x_cl, w_cl = np.moveaxis(x_nc, 1, -1), np.moveaxis(w_nc, 1, -1)
+            jd = jnp.dtype(dtype)
+            ref = np.asarray(ours(cfg, "NCHW", "auto")(jnp.asarray(x_nc, jd), jnp.asarray(w_nc, jd)), np.float32)
+            tol = 1e-3 if dtype == "float32" else 5e-2
+            scale = 1.0 + float(np.abs(ref).max())
+
+            impls = {}
+            for alg in algorithms:
+                impls[f"ours[{alg}] NCHW"] = ("jax", ours(cfg, "NCHW", alg), "NCHW")
+                impls[f"ours[{alg}] NHWC"] = ("jax", ours(cfg, "NHWC", alg), "NHWC")
+            if lax_conv_transpose(cfg) is not None:
+                impls["lax.conv_transpose"] = ("jax", lax_conv_transpose(cfg), "NCHW")
+            for cl in (False, True):
+                spec = torch_fn(cfg, cl)
+                if spec is not None:
+                    impls["torch " + ("channels_last" if cl else "contiguous")] = ("torch", spec, "NCHW")
+
+            slow = set()
+            for mode in modes:
+                step += 1
+                print(f"[{step}/{total}] {cfg.name} ({cfg.describe()}) {dtype} {mode}", flush=True)
+                result = {}
+                for name, (kind, fn, layout) in impls.items():
+                    if name in slow:
+                        continue
+                    xs, ws = (x_nc, w_nc) if layout == "NCHW" else (x_cl, w_cl)
+                    if kind == "jax":
+                        xa, wa = jnp.asarray(xs, jd), jnp.asarray(ws, jd)
+                        y = np.asarray(jax.jit(fn)(xa, wa), np.float32)
+                    else:
+                        tdt = getattr(torch, dtype)
+                        dev = "cuda" if torch.cuda.is_available() else "cpu"
+                        xa = torch.tensor(xs, dtype=tdt, device=dev)
+                        wa = torch.tensor(ws, dtype=tdt, device=dev)
+                        with torch.no_grad():
+                            y = fn[1](*fn[0](xa, wa)).float().cpu().numpy()
+                    if layout == "NHWC":
+                        y = np.moveaxis(y, -1, 1)
+                    err = float(np.abs(y - ref).max()) / scale if y.shape == ref.shape else float("inf")
+                    if err > tol:
+                        print(f"    {name}: WRONG ANSWER (relative error {err:.2g}); not timed", flush=True)
+                        continue
+                    t = time_jax(fn, xa, wa, mode, budget_s) if kind == "jax" else time_torch(
+                        fn, xa, wa, mode, budget_s)
+                    if t["ms"] > 1e3 * slow_limit_s:
+                        slow.add(name)  # too slow to time in the next mode
+                    gflops = cfg.flops() * (1 if mode == "forward" else 3) / (t["ms"] * 1e-3) / 1e9
+                    peak = PEAK_GFLOPS.get(env["device"], {}).get(dtype)
+                    result[name] = dict(t, gflops=gflops, peak_pct=None if peak is None else 100 * gflops / peak)
+                best_ours = min((v["ms"] for k, v in result.items() if k.startswith("ours")), default=None)
+                for name, r in result.items():
+                    row = dict(env, config=cfg.name, layer=cfg.describe(), dtype=dtype, mode=mode, impl=name, **r)
+                    if best_ours:
+                        row["ours_best_over_this"] = best_ours / r["ms"]
+                    rows.append(row)
+                    extra = "" if r["compile_s"] is None else f"  compile {r['compile_s']:.2f}s"
+                    mem = "" if not r["peak_bytes"] else f"  mem {r['peak_bytes'] / 2**20:.0f}MiB"
+                    print(f"    {name:24s} {r['ms']:9.3f} ms  {r['gflops']:8.1f} GFLOP/s"
+                          f"  ours/this {row.get('ours_best_over_this', float('nan')):.2f}{extra}{mem}", flush=True)
+                if out_path:
+                    with open(out_path, "a") as fh:
+                        for row in rows[-len(result):]:
+                            fh.write(json.dumps(row) + "\n")
+    return rows
+
+
+def chart(rows: list[dict], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no chart")
+        return
+    groups = sorted({(r["config"], r["dtype"], r["mode"]) for r in rows})
+    impls = sorted({r["impl"] for r in rows})
+    fig, ax = plt.subplots(figsize=(max(8, len(groups) * 0.9), 5))
+    width = 0.8 / len(impls)
+    for j, impl in enumerate(impls):
+        values = []
+        for g in groups:
+            hit = [r["ms"] for r in rows if (r["config"], r["dtype"], r["mode"]) == g and r["impl"] == impl]
+            values.append(hit[0] if hit else np.nan)
+        ax.bar(np.arange(len(groups)) + j * width, values, width, label=impl)
+    ax.set_xticks(np.arange(len(groups)) + 0.4)
+    ax.set_xticklabels(["\n".join(g) for g in groups], fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("median ms (log)")
+    r0 = rows[0]
+    ax.set_title(f"conv_transpose on {r0['device']} ({r0['backend']}), jax {r0['jax']}, torch {r0['torch']}, "
+                 f"{r0['date']}", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"chart: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jax_deconv bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", nargs="*", default=[c.name for c in CONFIGS])
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
+    parser.add_argument("--modes", nargs="*", default=["forward", "forward+backward"])
+    parser.add_argument("--algorithms", nargs="*", default=["auto"], choices=jax_deconv.ALGORITHMS)
+    parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per measurement")
+    parser.add_argument("--slow-limit", type=float, default=2.0,
+                        help="a baseline slower than this (s) in forward is not timed in forward+backward")
+    parser.add_argument("--out", default="bench.jsonl", help="JSON lines, appended")
+    parser.add_argument("--chart", default="bench.png")
+    args = parser.parse_args(argv)
+    configs = [c for c in CONFIGS if c.name in args.configs]
+    rows = run(configs, args.dtypes, args.modes, args.algorithms, args.budget, args.out, args.slow_limit)
+    if args.chart and rows:
+        chart(rows, args.chart)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
