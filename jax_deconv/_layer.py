@@ -117,7 +117,9 @@ class ConvTranspose:
 
 
 def _fixed(name: str, n: int) -> type[ConvTranspose]:
-    cls = type(name, (ConvTranspose,), {"ndim": n, "__doc__": f"{n}-D :class:`ConvTranspose`."})
+    doc = (f"{n}-D :class:`ConvTranspose`: ``x`` has {n} spatial axes and an int ``kernel_shape``, "
+           f"``strides`` or ``dilations`` is used for each of them. Build one with :meth:`init`.")
+    cls = type(name, (ConvTranspose,), {"ndim": n, "__doc__": doc})
     cls = dataclasses.dataclass(frozen=True)(cls)
     return _register(cls)
 
