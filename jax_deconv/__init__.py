@@ -9,7 +9,9 @@ from jax_deconv._conv_transpose import (
     conv_transpose,
     conv_transpose_plan,
 )
+from jax_deconv._halo import conv_transpose_halo, halo_sizes
 from jax_deconv._layer import ConvTranspose, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
+from jax_deconv._onnx import onnx_conv_transpose, onnx_to_dragon
 from jax_deconv._plan import Plan
 
 __version__ = "0.1.0"
@@ -26,5 +28,9 @@ __all__ = [
     "conv2d_transpose",
     "conv3d_transpose",
     "conv_transpose",
+    "conv_transpose_halo",
     "conv_transpose_plan",
+    "halo_sizes",
+    "onnx_conv_transpose",
+    "onnx_to_dragon",
 ]

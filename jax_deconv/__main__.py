@@ -48,11 +48,12 @@ def golden_cases(path: str = SELFCHECK_DATA):
 def check_case(args, inputs, y_want, gy, grads_want, algorithm="auto") -> bool:
     """Forward and VJP of one golden case under ``jit``, within the golden tolerances."""
 
-    def f(*arrays):
-        return jax_deconv.conv_transpose(list(arrays), **args, algorithm=algorithm)
+    @jax.jit
+    def forward_and_vjp(gy, *arrays):  # one compilation for the forward and the VJP
+        y, vjp = jax.vjp(lambda *a: jax_deconv.conv_transpose(list(a), **args, algorithm=algorithm), *arrays)
+        return y, vjp(gy)
 
-    y, vjp = jax.vjp(jax.jit(f), *inputs)
-    grads = vjp(jnp.asarray(gy))
+    y, grads = forward_and_vjp(jnp.asarray(gy), *inputs)
     ok = y.shape == y_want.shape and np.allclose(y, y_want, FORWARD_TOL, FORWARD_TOL)
     for got, want in zip(grads, grads_want):
         ok = ok and got.shape == want.shape and np.allclose(got, want, GRADIENT_TOL, GRADIENT_TOL)

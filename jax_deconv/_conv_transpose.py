@@ -26,6 +26,7 @@ Algorithms (``algorithm=``):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
@@ -286,15 +287,51 @@ def _conv_transpose(
     if algorithm == "auto":
         algorithm = choose_algorithm(plan, dtype)
     preferred = None if preferred_element_type is None else jnp.dtype(preferred_element_type)
-    return _apply(
-        x.astype(dtype),
-        w.astype(dtype),
-        None if b is None else b.astype(dtype),
-        plan=plan,
-        algorithm=algorithm,
-        precision=_hashable_precision(precision),
-        preferred=preferred,
+    apply = functools.partial(
+        _apply, algorithm=algorithm, precision=_hashable_precision(precision), preferred=preferred
     )
+    x, w, b = x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype)
+    return _under_explicit_sharding(apply, plan, x, w, b)
+
+
+def _under_explicit_sharding(apply, plan: Plan, x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+    """Run ``apply`` on inputs that may be sharded *in their types* (JAX's explicit sharding).
+
+    The lowering pads, reshapes and transposes, which explicit sharding cannot type. Only the
+    batch of ``x`` sharded (data parallel): each device runs its own examples under
+    ``shard_map`` (no communication; XLA's partitioner would gather the batch of a grouped
+    convolution). Anything else: ``auto_axes`` hands the placement to XLA's partitioner
+    (which exchanges halos for a sharded spatial axis); the output keeps ``x``'s batch and
+    spatial sharding where the output sizes divide evenly. No explicit sharding: ``apply``.
+    """
+    P = jax.sharding.PartitionSpec
+    shardings = [jax.typeof(a).sharding for a in (x, w, b) if a is not None]
+    axes = tuple(dict.fromkeys(name for sharding in shardings for name in _spec_names(sharding.spec)))
+    if not axes:
+        return apply(x, w, b, plan=plan)
+    mesh = next(sharding.mesh for sharding in shardings if _spec_names(sharding.spec))
+    x_spec = tuple(shardings[0].spec) + (None,) * (x.ndim - len(shardings[0].spec))
+    if x_spec[0] is not None and not _spec_names(x_spec[1:]) and all(not _spec_names(s.spec) for s in shardings[1:]):
+        devices = math.prod(mesh.shape[name] for name in _spec_names(x_spec[:1]))
+        local_plan = dataclasses.replace(plan, batch=plan.batch // devices)
+        local = jax.shard_map(
+            lambda x, w: apply(x, w, b, plan=local_plan), mesh=mesh, in_specs=(P(x_spec[0]), P()),
+            out_specs=P(x_spec[0]),
+        )
+        return local(x, w)
+    spatial = range(2, x.ndim) if plan.data_format == "NCHW" else range(1, x.ndim - 1)
+    out = [None] * x.ndim
+    for i in [0, *spatial]:
+        size = math.prod(mesh.shape[name] for name in _spec_names([x_spec[i]]))
+        if x_spec[i] is not None and plan.out_shape[i] % size == 0:
+            out[i] = x_spec[i]
+    out_sharding = jax.sharding.NamedSharding(mesh, P(*out))
+    apply = functools.partial(apply, plan=plan)
+    return jax.sharding.auto_axes(apply, axes=axes, out_sharding=out_sharding)(x, w, b)
+
+
+def _spec_names(spec: Any) -> list[str]:
+    return [name for entry in spec for name in (entry if isinstance(entry, tuple) else (entry,)) if name is not None]
 
 
 def _hashable_precision(precision: Any) -> Any:

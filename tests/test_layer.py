@@ -41,13 +41,28 @@ def test_leaves_static_config_and_call_matches_reference():
     assert_close(ys[1], reference(x, rebuilt.weight, rebuilt.bias, **args))
 
 
-def test_tiny_3d_decoder_trains():
+def plain_sgd(layers, grads, state):
+    return jax.tree.map(lambda p, g: p - 0.5 * g, layers, grads), state
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "optax.adam"])
+def test_tiny_3d_decoder_trains(optimizer):
     keys = jax.random.split(jax.random.key(0), 4)
     model = [ConvTranspose3d.init(keys[0], 4, 8, 4, strides=2, pads=1),
              ConvTranspose3d.init(keys[1], 8, 2, 3, pads=1)]
     teacher = [ConvTranspose3d.init(keys[2], 4, 8, 4, strides=2, pads=1),
                ConvTranspose3d.init(keys[3], 8, 2, 3, pads=1)]
     x = jax.random.normal(jax.random.key(5), (4, 4, 3, 3, 3))
+    if optimizer == "sgd":
+        update, state, steps = plain_sgd, None, 150
+    else:  # optax updates the layers' leaves like any pytree
+        optax = pytest.importorskip("optax")
+        adam = optax.adam(1e-2)
+        state, steps = adam.init(model), 60
+
+        def update(layers, grads, state):
+            updates, state = adam.update(grads, state, layers)
+            return optax.apply_updates(layers, updates), state
 
     def forward(layers, x):
         return layers[1](jax.nn.relu(layers[0](x)))
@@ -55,14 +70,15 @@ def test_tiny_3d_decoder_trains():
     target = forward(teacher, x)
 
     @jax.jit
-    def step(layers):
+    def step(layers, state):
         loss, grads = jax.value_and_grad(lambda m: jnp.mean((forward(m, x) - target) ** 2))(layers)
-        return jax.tree.map(lambda p, g: p - 0.5 * g, layers, grads), loss
+        return *update(layers, grads, state), loss
 
     first = None
-    for _ in range(150):
-        model, loss = step(model)
+    for _ in range(steps):
+        model, state, loss = step(model, state)
         first = loss if first is None else first
+    assert all(isinstance(layer, ConvTranspose3d) for layer in model)
     assert forward(model, x).shape == (4, 2, 6, 6, 6)
     assert loss < first / 10, (float(first), float(loss))
 

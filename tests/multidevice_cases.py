@@ -1,0 +1,192 @@
+"""Sharded equals unsharded, on 8 simulated CPU devices (run by ``test_sharding.py``).
+
+Not collected on its own (the name has no ``test_`` prefix): ``test_sharding.py`` runs it
+with ``XLA_FLAGS=--xla_force_host_platform_device_count=8`` in a subprocess, because the
+device count is fixed when JAX starts. ``python -m pytest tests/multidevice_cases.py`` with
+that flag set runs it directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+from reference import reference
+from support import ALGORITHMS, assert_close
+
+from jax_deconv import conv_transpose, conv_transpose_halo, halo_sizes
+
+if jax.device_count() < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8", allow_module_level=True)
+
+jax.config.update("jax_enable_x64", True)
+F64 = jnp.float64
+A = dict(kernel_shape=4, strides=2, pads=1)  # the usual 3-D decoder layer (config A)
+
+
+def collectives(fn, *args) -> dict[str, list[str]]:
+    """Result shapes of each collective in ``fn``'s compiled (partitioned) HLO."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    kinds = ("collective-permute", "all-gather", "all-to-all", "all-reduce", "reduce-scatter")
+    return {k: re.findall(rf"= (\S+|\([^)]*\)) {k}(?:-start)?\(", text) for k in kinds}
+
+
+def loss_of(f):
+    return lambda *a: jnp.sum(jnp.sin(f(*a)))
+
+
+def random(shape, seed):
+    return np.random.default_rng(seed).standard_normal(shape)
+
+
+def check_sharded(f, args, sharded_args):
+    """Forward and every gradient of ``f`` agree between plain and sharded arguments."""
+    assert_close(jax.jit(f)(*sharded_args), jax.jit(f)(*args), F64)
+    grads = jax.jit(jax.grad(loss_of(f), range(len(args))))
+    for got, want in zip(grads(*sharded_args), grads(*args)):
+        assert_close(got, want, F64)
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
+def test_batch_sharded_equals_one_device(algorithm, axis_type):
+    mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
+    x, w, b = random((16, 4, 5, 6, 4), 0), random((4, 3, 4, 4, 4), 1), random(6, 2)
+
+    def f(x, w, b):
+        return conv_transpose([x, w, b], **A, group=2, algorithm=algorithm)
+
+    xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+    check_sharded(f, (x, w, b), (xs, w, b))
+    assert jax.jit(f)(xs, w, b).sharding.spec[0] == "data"  # the batch stays sharded
+    if axis_type == AxisType.Explicit or algorithm == "gemm":
+        assert not any(collectives(f, xs, w, b).values())  # forward: no communication at all
+    # (Auto axes + 'conv': XLA's partitioner gathers the batch of a grouped convolution; in
+    # explicit mode, JAX's default, we run each device's examples under shard_map instead.)
+
+
+# --------------------------------------------------------------------------- spatial, XLA's partitioner
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_depth_sharded_with_xla_partitioner(algorithm):
+    """Explicit sharding of the depth axis: the op runs under ``auto_axes``; XLA exchanges halos."""
+    mesh = jax.make_mesh((8,), ("z",))  # explicit axes, JAX's default
+    x, w = random((1, 8, 32, 6, 6), 3), random((8, 4, 4, 4, 4), 4)
+
+    def f(x, w):
+        return conv_transpose([x, w], **A, algorithm=algorithm)
+
+    xs = jax.device_put(x, NamedSharding(mesh, P(None, None, "z")))
+    check_sharded(f, (x, w), (xs, w))
+    assert jax.jit(f)(xs, w).sharding.spec[2] == "z"
+    forward = collectives(f, xs, w)
+    assert forward["collective-permute"] and not forward["all-gather"], forward
+
+
+# --------------------------------------------------------------------------- spatial, explicit halos
+
+HALO_CASES = {
+    # name: (x shape, weight shape, arguments, sharded spatial axis)
+    "A NCHW depth": ((2, 8, 16, 5, 5), (8, 4, 4, 4, 4), A, 0),
+    "A NHWC height": ((1, 5, 16, 4, 8), (8, 4, 4, 4, 4), dict(A, data_format="NHWC"), 1),
+    "k3 s2 p1 op1 g4": ((1, 8, 16, 4, 4), (8, 2, 3, 3, 3), dict(kernel_shape=3, strides=2, pads=1,
+                                                               output_padding=(1, 1, 1), group=4), 0),
+    "k3 s1 p1": ((1, 4, 16, 4, 4), (4, 4, 3, 3, 3), dict(kernel_shape=3, pads=1), 0),
+    "k2 s2": ((1, 4, 16, 3, 3), (4, 2, 2, 2, 2), dict(kernel_shape=2, strides=2), 0),
+    "k6 s3 pads (3,1,0 | 0,2,3)": ((1, 4, 16, 3, 3), (4, 2, 6, 6, 6), dict(kernel_shape=6, strides=3,
+                                                                          pads=(3, 1, 0, 0, 2, 3)), 0),
+    "SAME k5 d2 2-D": ((1, 3, 32, 5), (3, 2, 5, 5), dict(kernel_shape=5, dilations=2, padding="SAME",
+                                                         output_shape=(32, 5)), 0),
+    "k1 s2 SAME_UPPER 1-D": ((2, 3, 16), (3, 2, 1), dict(kernel_shape=1, strides=2, padding="SAME_UPPER",
+                                                         output_padding=(1,), output_shape=(32,)), 0),
+}
+
+
+def halo_layer(mesh, x_ndim, args, axis, algorithm="auto"):
+    spec = [None] * x_ndim
+    spec[(2 if args.get("data_format", "NCHW") == "NCHW" else 1) + axis] = "z"
+    layer = functools.partial(conv_transpose_halo, axis_name="z", axis=axis, algorithm=algorithm, **args)
+    shard = jax.shard_map(lambda x, w, b: layer([x, w, b]), mesh=mesh, in_specs=(P(*spec), P(), P()),
+                          out_specs=P(*spec))
+    return shard, NamedSharding(mesh, P(*spec))
+
+
+@pytest.mark.parametrize("name", HALO_CASES)
+def test_halo_exchange_equals_one_device(name):
+    x_shape, w_shape, args, axis = HALO_CASES[name]
+    mesh = jax.make_mesh((8,), ("z",))
+    nchw = args.get("data_format", "NCHW") == "NCHW"
+    x, w = random(x_shape, 5), random(w_shape, 6)
+    b = random(w_shape[1 if nchw else -1] * args.get("group", 1), 7)
+    algorithm = ALGORITHMS[len(name) % 2]
+    sharded, x_sharding = halo_layer(mesh, len(x_shape), args, axis, algorithm)
+
+    def plain(x, w, b):
+        return conv_transpose([x, w, b], **args, algorithm=algorithm)
+
+    xs = jax.device_put(x, x_sharding)
+    assert_close(jax.jit(sharded)(xs, w, b), reference(x, w, b, **args), F64)
+    grads, want = jax.jit(jax.grad(loss_of(sharded), (0, 1, 2)))(xs, w, b), jax.grad(loss_of(plain), (0, 1, 2))(x, w, b)
+    for got, expected in zip(grads, want):
+        assert_close(got, expected, F64)
+
+
+def test_halo_exchange_moves_only_halos():
+    mesh = jax.make_mesh((8,), ("z",))
+    x, w, b = random((1, 8, 32, 6, 6), 8), random((8, 4, 4, 4, 4), 9), random(4, 10)
+    sharded, x_sharding = halo_layer(mesh, 5, A, 0)
+    xs = jax.device_put(x, x_sharding)
+    forward = collectives(sharded, xs, w, b)
+    # one slice (N, C, 1, H, W) to each neighbour; nothing gathered, nothing reduced
+    assert forward["collective-permute"] == ["f64[1,8,1,6,6]{4,3,2,1,0}"] * 2, forward
+    assert not forward["all-gather"] and not forward["all-reduce"] and not forward["all-to-all"], forward
+    backward = collectives(jax.grad(loss_of(sharded), (0, 1, 2)), xs, w, b)
+    assert not backward["all-gather"] and not backward["all-to-all"], backward
+    assert len(backward["collective-permute"]) == 4  # the forward's two, and their transposes
+    assert len(backward["all-reduce"]) >= 1  # the weight and bias gradients are summed over devices
+
+
+def test_halo_on_a_batch_by_depth_mesh():
+    mesh = jax.make_mesh((2, 4), ("data", "z"))
+    x, w = random((4, 4, 16, 4, 4), 11), random((4, 2, 4, 4, 4), 12)
+    layer = functools.partial(conv_transpose_halo, axis_name="z", **A)
+    spec = P("data", None, "z")
+    f = jax.shard_map(lambda x, w: layer([x, w]), mesh=mesh, in_specs=(spec, P()), out_specs=spec)
+    y = jax.jit(f)(jax.device_put(x, NamedSharding(mesh, spec)), w)
+    assert y.sharding.spec[:3] == ("data", None, "z")
+    assert_close(y, reference(x, w, **A), F64)
+
+
+def test_halo_sizes_and_errors():
+    mesh = jax.make_mesh((8,), ("z",))
+    assert halo_sizes_of((16,), (1, 1, 4), A) == (1, 1)
+    assert halo_sizes_of((16,), (1, 1, 6), dict(kernel_shape=6, strides=3, pads=(3, 0))) == (0, 1)
+    x = jax.device_put(jnp.ones((1, 1, 16)), NamedSharding(mesh, P(None, None, "z")))
+    cases = [
+        (dict(kernel_shape=3, strides=2), r"output must have stride \* input = 2 \* 16 positions .* give 33"),
+        (dict(kernel_shape=9, pads=4), r"halos \(4 slices from the left, 4 from the right\) must fit .* block of 2"),
+        (dict(kernel_shape=3, pads=1, axis=1), r"`axis` must be a spatial axis index in \[0, 1\); got 1"),
+    ]
+    for args, match in cases:
+        w = jnp.ones((1, 1, args["kernel_shape"]))
+        f = jax.shard_map(lambda x, w, args=args: conv_transpose_halo([x, w], axis_name="z", **args), mesh=mesh,
+                          in_specs=(P(None, None, "z"), P()), out_specs=P(None, None, "z"))
+        with pytest.raises(ValueError, match=match):
+            f(x, w)
+
+
+def halo_sizes_of(spatial, w_shape, args):
+    from jax_deconv import conv_transpose_plan
+
+    plan = conv_transpose_plan((1, w_shape[0], *spatial), w_shape, **args)
+    return halo_sizes(plan, 0)

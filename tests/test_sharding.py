@@ -1,0 +1,26 @@
+"""Multi-device: runs ``multidevice_cases.py`` on 8 simulated CPU devices in a subprocess.
+
+JAX fixes the device count when it starts, so the cases run in a fresh interpreter with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8``; any failure there fails this test
+with the subprocess's report.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_multidevice_cases_pass_on_8_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+         os.path.join(HERE, "multidevice_cases.py")],
+        capture_output=True, text=True, timeout=900, env=env, cwd=os.path.dirname(HERE),
+    )
+    report = out.stdout[-6000:] + out.stderr[-2000:]
+    assert out.returncode == 0, report
+    assert " passed" in out.stdout and "skipped" not in out.stdout and "failed" not in out.stdout, report
