@@ -38,7 +38,7 @@ class ConvTranspose:
 
     weight: jax.Array
     bias: jax.Array | None
-    kernel_shape: tuple[int, ...] = dataclasses.field()
+    kernel_shape: tuple[int, ...]
     strides: tuple[int, ...] = dataclasses.field(default=1)
     pads: Any = dataclasses.field(default=0)
     dilations: Any = dataclasses.field(default=1)

@@ -32,6 +32,7 @@ Along an axis with ``s == 1`` the kernel is used as is with dilation ``d`` inste
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -187,7 +188,7 @@ class Plan:
             return (self.in_channels, per_group, *self.kernel)
         return (self.in_channels, *self.kernel, per_group)
 
-    @property
+    @functools.cached_property
     def phases(self) -> tuple[AxisPhase, ...]:
         return tuple(
             axis_phase(*args)
