@@ -315,6 +315,8 @@ def _under_explicit_sharding(apply, plan: Plan, x: jax.Array, w: jax.Array, b: j
     (which exchanges halos for a sharded spatial axis); the output keeps ``x``'s batch and
     spatial sharding where the output sizes divide evenly. No explicit sharding: ``apply``.
     """
+    if not hasattr(jax, "typeof"):  # a JAX without sharding in types
+        return apply(x, w, b, plan=plan)
     P = jax.sharding.PartitionSpec
     shardings = [jax.typeof(a).sharding for a in (x, w, b) if a is not None]
     axes = tuple(dict.fromkeys(name for sharding in shardings for name in _spec_names(sharding.spec)))

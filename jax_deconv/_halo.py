@@ -99,7 +99,7 @@ def conv_transpose_halo(
       ((1, 4, 32, 16, 16), True)
     """
     x, w, b = _unpack_inputs(_OP, inputs)
-    devices = lax.axis_size(axis_name)
+    devices = lax.axis_size(axis_name) if hasattr(lax, "axis_size") else lax.psum(1, axis_name)
     ndim = x.ndim - 2
     axis = _as_int(_OP, "axis", axis, 0)
     if axis >= ndim:
