@@ -19,7 +19,9 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 
 import jax
@@ -198,7 +200,36 @@ def time_torch(spec, x, w, mode: str, budget_s: float) -> dict:
             inner()
             torch.cuda.synchronize()
     ms, reps = _median_ms(call, budget_s)
-    return dict(ms=ms, reps=reps, compile_s=None, peak_bytes=None)
+    return dict(ms=ms, reps=reps, compile_s=None, peak_bytes=_torch_peak_bytes(call))
+
+
+def _torch_peak_bytes(call: Callable[[], object]) -> int | None:
+    """Peak bytes of live tensors (inputs, outputs, workspace) during one ``call``.
+
+    CUDA: ``max_memory_allocated``. CPU: the profiler's memory timeline (which counts the
+    inputs too), so that it compares with XLA's arguments + outputs + temporaries.
+    """
+    torch = _torch()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        call()
+        return int(torch.cuda.max_memory_allocated())
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the timeline export is marked experimental
+        try:
+            with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
+                         with_stack=True) as prof:
+                call()
+            path = os.path.join(tmp, "timeline.json")
+            prof.export_memory_timeline(path, device="cpu")
+            with open(path) as f:
+                _, sizes = json.load(f)
+        except Exception:  # an older or newer torch without this exporter: no number
+            return None
+    return int(max((sum(s) for s in sizes), default=0)) or None
 
 
 # --------------------------------------------------------------------------- suite
