@@ -11,6 +11,7 @@ checked against ours before it is timed. Output: a table on stdout, JSON lines, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -203,6 +204,23 @@ def time_torch(spec, x, w, mode: str, budget_s: float) -> dict:
     return dict(ms=ms, reps=reps, compile_s=None, peak_bytes=_torch_peak_bytes(call))
 
 
+@contextlib.contextmanager
+def _silenced_fds():
+    """Point file descriptors 1 and 2 at /dev/null (the profiler's C++ side prints trace lines)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def _torch_peak_bytes(call: Callable[[], object]) -> int | None:
     """Peak bytes of live tensors (inputs, outputs, workspace) during one ``call``.
 
@@ -217,7 +235,7 @@ def _torch_peak_bytes(call: Callable[[], object]) -> int | None:
         return int(torch.cuda.max_memory_allocated())
     from torch.profiler import ProfilerActivity, profile
 
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), _silenced_fds():
         warnings.simplefilter("ignore")  # the timeline export is marked experimental
         try:
             with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
@@ -310,7 +328,7 @@ def run(configs, dtypes, modes, algorithms, budget_s, out_path, slow_limit_s) ->
                         row["ours_best_over_this"] = best_ours / r["ms"]
                     rows.append(row)
                     extra = "" if r["compile_s"] is None else f"  compile {r['compile_s']:.2f}s"
-                    mem = "" if not r["peak_bytes"] else f"  mem {r['peak_bytes'] / 2**20:.0f}MiB"
+                    mem = "" if not r["peak_bytes"] else f"  mem {r['peak_bytes'] / 2**20:.1f}MiB"
                     print(f"    {name:24s} {r['ms']:9.3f} ms  {r['gflops']:8.1f} GFLOP/s"
                           f"  ours/this {row.get('ours_best_over_this', float('nan')):.2f}{extra}{mem}", flush=True)
                 if out_path:
