@@ -20,7 +20,7 @@ from jax.sharding import PartitionSpec as P
 from reference import reference
 from support import ALGORITHMS, assert_close
 
-from jax_deconv import conv_transpose, conv_transpose_halo, halo_sizes
+from jax_deconv import conv_transpose, conv_transpose_halo, conv_transpose_plan, halo_sizes
 
 if jax.device_count() < 8:
     pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8", allow_module_level=True)
@@ -186,7 +186,5 @@ def test_halo_sizes_and_errors():
 
 
 def halo_sizes_of(spatial, w_shape, args):
-    from jax_deconv import conv_transpose_plan
-
     plan = conv_transpose_plan((1, w_shape[0], *spatial), w_shape, **args)
     return halo_sizes(plan, 0)
