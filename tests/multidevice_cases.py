@@ -15,15 +15,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+if not hasattr(jax, "shard_map") or not hasattr(jax.sharding, "AxisType"):
+    pytest.skip("needs a JAX with jax.shard_map and sharding in types", allow_module_level=True)
+if jax.device_count() < 8:
+    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8", allow_module_level=True)
+
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from reference import reference
 from support import ALGORITHMS, assert_close
 
 from jax_deconv import conv_transpose, conv_transpose_halo, conv_transpose_plan, halo_sizes
-
-if jax.device_count() < 8:
-    pytest.skip("needs XLA_FLAGS=--xla_force_host_platform_device_count=8", allow_module_level=True)
 
 jax.config.update("jax_enable_x64", True)
 F64 = jnp.float64

@@ -11,10 +11,16 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def test_multidevice_cases_pass_on_8_devices():
+    import jax
+
+    if not hasattr(jax, "shard_map") or not hasattr(jax.sharding, "AxisType"):
+        pytest.skip("this JAX has no jax.shard_map / sharding in types")
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
