@@ -32,22 +32,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from jax_deconv._plan import _as_int, _as_sequence, _choice, _output_sizes, full_length, per_axis
+from jax_deconv._plan import _as_int, _choice, _output_sizes, full_length, per_axis, resolve_pads
 
 AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 _OP = "onnx_conv_transpose"
-
-
-def _onnx_pads(value: Any, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    allowed = f"None or a sequence of {2 * n} non-negative ints (all begins, then all ends)"
-    values = _as_sequence(_OP, "pads", value, allowed)
-    if len(values) != 2 * n:
-        raise ValueError(f"{_OP}: `pads` must be {allowed}; got {value!r} ({len(values)} values).")
-    try:
-        ints = tuple(_as_int(_OP, "pads", v, 0) for v in values)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{_OP}: `pads` must be {allowed}; got {value!r}.") from None
-    return ints[:n], ints[n:]
 
 
 def onnx_to_dragon(
@@ -124,7 +112,7 @@ def onnx_to_dragon(
             raise ValueError(
                 f"{_OP}: `pads` cannot be used together with auto_pad={auto_pad!r} (ONNX's rule); got pads={pads!r}."
             )
-        begins, ends = _onnx_pads(pads, n)
+        begins, ends = resolve_pads(_OP, pads, n, ends_given=True)
     else:
         begins = ends = (0,) * n
     # ONNX output O = full - begin - end, where `full` includes output_padding; in Dragon's

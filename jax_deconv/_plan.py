@@ -87,14 +87,20 @@ def per_axis(op: str, name: str, value: Any, n: int, minimum: int) -> tuple[int,
     return ints * n if len(ints) == 1 else ints
 
 
-def resolve_pads(op: str, value: Any, n: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """Dragon's ``pads``: an int, ``n`` values (begin = end) or ``2n`` (all begins, then all ends)."""
-    allowed = f"a non-negative int or a sequence of 1, {n} or {2 * n} non-negative ints"
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+def resolve_pads(op: str, value: Any, n: int, *, ends_given: bool = False) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Dragon's ``pads``: an int, ``n`` values (begin = end) or ``2n`` (all begins, then all ends).
+
+    ``ends_given``: only the ``2n`` form is accepted (ONNX's ``pads``).
+    """
+    if ends_given:
+        allowed, counts = f"None or a sequence of {2 * n} non-negative ints (all begins, then all ends)", (2 * n,)
+    else:
+        allowed, counts = f"a non-negative int or a sequence of 1, {n} or {2 * n} non-negative ints", (1, n, 2 * n)
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and not ends_given:
         values: tuple[Any, ...] = (value,)
     else:
         values = _as_sequence(op, "pads", value, allowed)
-    if len(values) not in (1, n, 2 * n):
+    if len(values) not in counts:
         raise ValueError(f"{op}: `pads` must be {allowed}; got {value!r} ({len(values)} values).")
     try:
         ints = tuple(_as_int(op, "pads", v, 0) for v in values)
