@@ -1,5 +1,6 @@
 """jax_deconv: Dragon's transposed convolution (``dragon.nn.conv*_transpose``) for JAX."""
 
+from jax_deconv import functional, lax  # drop-ins: jax.lax and torch.nn.functional styles
 from jax_deconv._conv_transpose import (
     ALGORITHMS,
     choose_algorithm,
@@ -30,7 +31,9 @@ __all__ = [
     "conv_transpose",
     "conv_transpose_halo",
     "conv_transpose_plan",
+    "functional",
     "halo_sizes",
+    "lax",
     "onnx_conv_transpose",
     "onnx_to_dragon",
 ]

@@ -396,3 +396,69 @@ def phase_buffer_elements(plan: Plan) -> int:
     taps = math.prod(p.taps for p in phases)
     batch = plan.batch if isinstance(plan.batch, int) else 1
     return batch * rows * taps * plan.in_channels
+
+
+# --------------------------------------------------------------------------- peers' padding conventions
+#
+# Every peer's padding is, per axis, a crop (begin, end) of the full result of length
+# L = s*(S-1) + k_eff (k_eff = d*(K-1) + 1): the output is full[begin : L - end]. A negative
+# crop is zeros outside the full result (Dragon's own crops are never negative at the front).
+
+
+def lax_string_crops(mode: str, kernel_eff: int, stride: int) -> tuple[int, int]:
+    """``jax.lax.conv_transpose``'s ``'SAME'`` / ``'VALID'`` as crops of the full result.
+
+    lax pads the stride-dilated input by ``(pa, pb)`` before a correlation with the kernel,
+    and ``crop = k_eff - 1 - pad``. ``'SAME'`` gives ``O = s*S``: the total crop is
+    ``k_eff - s``, its front half rounded down, and ``s > k_eff`` appends zeros. ``'VALID'``
+    crops nothing and appends ``max(s - k_eff, 0)`` zeros, ``O = s*S + max(k_eff - s, 0)``.
+
+    >>> lax_string_crops("SAME", 3, 2), lax_string_crops("SAME", 2, 3), lax_string_crops("VALID", 1, 3)
+    ((0, 1), (0, -1), (0, -2))
+    """
+    total = kernel_eff - stride
+    if mode == "SAME":
+        begin = max(total, 0) // 2
+        return begin, total - begin
+    return 0, min(total, 0)
+
+
+def equinox_crops(padding: Any, output_padding: int, kernel_eff: int, stride: int) -> tuple[int, int]:
+    """``equinox.nn.ConvTranspose``'s padding (one axis) as crops of the full result.
+
+    Equinox's ``padding`` is that of the forward convolution it transposes: ``(p0, p1)``
+    crops ``p0`` at the front and ``p1 - output_padding`` at the end (PyTorch's rule).
+    ``'SAME'`` / ``'SAME_LOWER'`` crop ``k_eff - s + a`` in total (``a`` = output_padding),
+    the odd one at the end / front; a negative total is clamped to 0 and becomes zeros at
+    the end instead of ``a``. ``'VALID'`` is ``(0, 0)`` padding.
+
+    >>> equinox_crops((1, 1), 1, 5, 2), equinox_crops("SAME", 1, 5, 2), equinox_crops("SAME", 0, 1, 3)
+    ((1, 0), (2, 2), (0, -2))
+    """
+    if padding == "VALID":
+        return 0, -output_padding
+    if isinstance(padding, str):
+        total = kernel_eff - stride + output_padding
+        extra = max(-total, 0)
+        total = max(total, 0)
+        begin = (total + (padding == "SAME_LOWER")) // 2
+        return begin, total - begin - extra
+    return padding[0], padding[1] - output_padding
+
+
+def crop_window(full: int, begin: int, end: int) -> tuple[int, int, int, int] | None:
+    """Split crops that may be negative into non-negative crops and zero padding.
+
+    The output is positions ``[begin, full - end)`` of a result of length ``full`` that is
+    zero outside ``[0, full)``. Returns ``(crop_begin, crop_end, zeros_front, zeros_back)``,
+    all ``>= 0``, or None when no output position falls inside ``[0, full)``. Requires
+    ``full - begin - end >= 0``.
+
+    >>> crop_window(10, 2, 3), crop_window(10, -2, -1), crop_window(10, 12, -5)
+    ((2, 3, 0, 0), (0, 0, 2, 1), None)
+    """
+    out = full - begin - end
+    lo, hi = max(begin, 0), min(begin + out, full)
+    if hi <= lo:
+        return None
+    return lo, full - hi, lo - begin, begin + out - hi

@@ -48,3 +48,56 @@ def load_golden(name: str) -> list:
             grads.append(z[case + "_db"])
         cases.append((f"{name}:{case}", args, inputs, z[case + "_y"], z[case + "_gy"], grads))
     return cases
+
+
+def load_ported() -> dict:
+    """The originals' own test cases (jax, Flax, Equinox), transcribed as data."""
+    with open(os.path.join(DATA, "ported_cases.json"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+LAX_SPECS = {  # dimension_numbers drawn by lax_case (None: lax's channels-last default)
+    1: [None, ("NCH", "OIH", "NCH"), ("NHC", "OIH", "NCH"), ("CHN", "HOI", "HNC")],
+    2: [None, ("NCHW", "OIHW", "NCHW"), ("NHWC", "IOHW", "NCWH")],
+    3: [None, ("NCHWD", "OIHWD", "NCHWD")],
+}
+LAX_DEFAULT = {1: ("NHC", "HIO", "NHC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NHWDC", "HWDIO", "NHWDC")}
+
+
+def _by_letters(spec: str, sizes: dict) -> tuple:
+    return tuple(sizes[c] for c in spec)
+
+
+def lax_case(seed: int, groups: int = 1):
+    """A random ``lax.conv_transpose`` call: ``(lhs, rhs, kwargs)`` in float64.
+
+    Every layout of ``LAX_SPECS``, both kernel conventions, strides 1-3, dilations 1-2,
+    'SAME', 'VALID' and (lo, hi) pairs in [-3, 4] (consistent or not). With ``groups > 1``
+    the channels are multiples of ``groups``.
+    """
+    rng = np.random.default_rng(seed)
+    n = 1 + seed % 3
+    spec = LAX_SPECS[n][int(rng.integers(len(LAX_SPECS[n])))]
+    lhs_spec, rhs_spec, _ = spec or LAX_DEFAULT[n]
+    kernel = [int(v) for v in rng.integers(1, 5, n)]
+    size = [int(v) for v in rng.integers(1, 6, n)]
+    transpose_kernel = bool(rng.integers(2))
+    r = rng.random()
+    padding = "SAME" if r < 0.2 else "VALID" if r < 0.4 else [
+        tuple(int(v) for v in rng.integers(-3, 5, 2)) for _ in range(n)]
+    c_in, c_out = groups * int(rng.integers(1, 4)), groups * int(rng.integers(1, 4))
+    letters = [c for c in lhs_spec if c not in "NC"]
+    lhs_sizes = {"N": 2, "C": c_in, **dict(zip(letters, size))}
+    if transpose_kernel:  # the forward kernel: O = C_in, I = C_out / groups
+        rhs_sizes = {"O": c_in, "I": c_out // groups}
+    else:
+        rhs_sizes = {"O": c_out, "I": c_in // groups}
+    rhs_sizes.update(zip([c for c in rhs_spec if c not in "IO"], kernel))
+    kwargs = dict(
+        strides=[int(v) for v in rng.integers(1, 4, n)], padding=padding,
+        rhs_dilation=[int(v) for v in rng.choice([1, 1, 2], n)], dimension_numbers=spec,
+        transpose_kernel=transpose_kernel, use_consistent_padding=bool(rng.integers(2)),
+    )
+    lhs = rng.standard_normal(_by_letters(lhs_spec, lhs_sizes))
+    rhs = rng.standard_normal(_by_letters(rhs_spec, rhs_sizes))
+    return lhs, rhs, kwargs

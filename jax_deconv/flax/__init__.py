@@ -1,0 +1,7 @@
+"""Flax drop-ins: ``jax_deconv.flax.linen.ConvTranspose`` and ``jax_deconv.flax.nnx.ConvTranspose``.
+
+Each subclasses Flax's own ``ConvTranspose``: constructor arguments, parameter names, shapes,
+initialisers and variable trees are Flax's, so existing variables and checkpoints load
+unchanged; only the computation is jax_deconv's. Flax is imported by these submodules alone
+(``pip install 'jax_deconv[flax]'``); ``import jax_deconv`` never imports it.
+"""
