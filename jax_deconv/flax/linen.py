@@ -65,13 +65,14 @@ class ConvTranspose(nn.ConvTranspose):
             raise ValueError(
                 f"ConvTranspose: `mask` must have the kernel's shape {kernel_shape}; got {self.mask.shape}."
             )
-        kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+        kernel: jax.Array = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
         if self.mask is not None:
             kernel = kernel * self.mask
         bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
-        inputs, promoted, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        promoted_inputs, promoted, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         return channels_last_transpose(
-            "ConvTranspose", cast(jax.Array, inputs), cast(jax.Array, promoted), bias, kernel_size=kernel_size, strides=self.strides,
+            "ConvTranspose", cast(jax.Array, promoted_inputs), cast(jax.Array, promoted), bias,
+            kernel_size=kernel_size, strides=self.strides,
             padding=self.padding, kernel_dilation=self.kernel_dilation, transpose_kernel=self.transpose_kernel,
             precision=self.precision, preferred_element_type=self.preferred_element_type,
             feature_group_count=groups,
