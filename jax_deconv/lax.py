@@ -27,7 +27,7 @@ import numpy as np
 from jax import lax as _lax
 
 from jax_deconv._conv_transpose import Algorithm, _conv_transpose
-from jax_deconv._plan import _as_int, _fail, crop_window, lax_string_crops, per_axis
+from jax_deconv._plan import _as_int, _fail, crop_window, full_length, lax_string_crops, per_axis
 
 __all__ = ["conv_transpose"]
 
@@ -183,7 +183,7 @@ def transpose_with_crops(
     c_out = w.shape[1] * groups
     spatial = [lhs.shape[a] for a in dn.lhs_spec[2:]]
     kernel = list(k.shape[2:])
-    full = [s * (size - 1) + d * (kk - 1) + 1 for s, size, d, kk in zip(strides, spatial, dilations, kernel)]
+    full = list(map(full_length, spatial, kernel, strides, dilations))
     outs = [max(f - b - e, 0) for f, (b, e) in zip(full, crops)]  # lax: a negative size is empty
     if bias is not None and tuple(bias.shape) != (c_out,):
         raise ValueError(f"{op}: `bias` must have shape (C_out,) = ({c_out},); got {tuple(bias.shape)}.")
