@@ -32,7 +32,6 @@ class ConvTranspose(nnx.ConvTranspose):
     Examples:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
-from flax.nnx.nn.linear import default_kernel_init
       >>> from jax_deconv.flax import nnx as dnnx
       >>> layer = dnnx.ConvTranspose(3, 4, kernel_size=(3,), padding="VALID", rngs=nnx.Rngs(0))
       >>> layer.kernel.shape, layer(jnp.ones((1, 8, 3))).shape
