@@ -51,7 +51,7 @@ def max_abs(tree_a, tree_b):
     return max(jax.tree.leaves(jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b), initial=0.0)), tree_a, tree_b)))
 
 
-@pytest.mark.parametrize("seed", range(16))
+@pytest.mark.parametrize("seed", range(8))
 def test_linen_against_flax(seed):
     attrs, x = flax_case(seed)
     ours, theirs = dnn.ConvTranspose(**attrs), nn.ConvTranspose(**attrs)
@@ -70,7 +70,7 @@ def test_linen_against_flax(seed):
     assert max_abs(jax.grad(loss(ours), (0, 1))(variables, x), jax.grad(loss(theirs), (0, 1))(variables, x)) < 1e-10
 
 
-@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("seed", range(4))
 def test_nnx_against_flax(seed):
     attrs, x = flax_case(100 + seed)
     features, kernel, strides = attrs.pop("features"), attrs.pop("kernel_size"), attrs.pop("strides")
@@ -132,7 +132,7 @@ def circular_constant_cases():
     keys_2d = ("n_batch", "n_features", "kernel_lin_size", "n_input_features", "input_x_size", "input_y_size")
     one = [(1, *c) for c in itertools.product(*(grid["1d"][k] for k in keys_1d))]
     two = [(2, *c) for c in itertools.product(*(grid["2d"][k] for k in keys_2d))]
-    return one[::4] + two[::8]
+    return one[::8] + two[::16]
 
 
 @pytest.mark.parametrize("case", circular_constant_cases())

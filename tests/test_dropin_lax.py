@@ -37,7 +37,7 @@ def assert_all_close(got, want):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("seed", range(24))
+@pytest.mark.parametrize("seed", range(12))
 def test_random_against_lax(seed):
     lhs, rhs, kwargs = lax_case(seed)
     try:
@@ -141,7 +141,7 @@ def lax_grid_cases():
             paddings += [list(p) for p in itertools.product(pairs, repeat=2)]
         combos = list(itertools.product(g["b"], g["i"], g["j"], g["k"] or [None], g["strides"], paddings,
                                         g["rhs_dilation"]))
-        step = 1 if len(combos) <= 40 else len(combos) // 24
+        step = 1 if len(combos) <= 40 else len(combos) // 12
         cases += [(name, g, c) for c in combos[::step]]
     return cases
 
@@ -169,7 +169,7 @@ def test_jax_lax_test_grids(name, grid, combo):
 def test_grid_sizes():
     """How many cases each ported grid contributes (quoted in the README)."""
     counts = {name: sum(1 for case in GRID if case[0] == name) for name in load_ported()["jax_lax_grids"]}
-    assert counts == {"ConvTranspose2DT": 24, "ConvTranspose2D": 24, "ConvTranspose1D": 24, "ConvTranspose0D": 32}
+    assert counts == {"ConvTranspose2DT": 12, "ConvTranspose2D": 12, "ConvTranspose1D": 12, "ConvTranspose0D": 32}
 
 
 BAD = [
