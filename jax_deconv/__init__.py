@@ -2,27 +2,30 @@
 
 from jax_deconv import functional, lax  # drop-ins: jax.lax and torch.nn.functional styles
 from jax_deconv._conv_transpose import (
-    ALGORITHMS,
-    choose_algorithm,
     conv1d_transpose,
     conv2d_transpose,
     conv3d_transpose,
     conv_transpose,
     conv_transpose_plan,
 )
-from jax_deconv._halo import conv_transpose_halo, halo_sizes
 from jax_deconv._layer import ConvTranspose, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from jax_deconv._onnx import onnx_conv_transpose, onnx_to_dragon
+from jax_deconv._lowering import choose_algorithm
 from jax_deconv._plan import Plan
+from jax_deconv._sharding import conv_transpose_halo, halo_sizes
+from jax_deconv._types import ALGORITHMS, Algorithm, DataFormat, Padding
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ALGORITHMS",
+    "Algorithm",
     "ConvTranspose",
     "ConvTranspose1d",
     "ConvTranspose2d",
     "ConvTranspose3d",
+    "DataFormat",
+    "Padding",
     "Plan",
     "choose_algorithm",
     "conv1d_transpose",

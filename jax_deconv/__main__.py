@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jax_deconv
-from jax_deconv._conv_transpose import ALGORITHMS
+from jax_deconv._types import ALGORITHMS
 
 FORWARD_TOL, GRADIENT_TOL = 1e-4, 1e-3  # golden README: exact float32 implementations
 

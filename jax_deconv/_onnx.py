@@ -32,9 +32,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from jax_deconv._plan import _as_int, _choice, _output_sizes, full_length, per_axis, resolve_pads
-
-AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+from jax_deconv._plan import _as_int, _choice, _output_sizes, check_shape, full_length, per_axis, resolve_pads
+from jax_deconv._types import AUTO_PADS, Algorithm, AutoPad
 _OP = "onnx_conv_transpose"
 
 
@@ -42,7 +41,7 @@ def onnx_to_dragon(
     x_shape: Sequence[int],
     weight_shape: Sequence[int],
     *,
-    auto_pad: str | bytes = "NOTSET",
+    auto_pad: AutoPad | bytes = "NOTSET",
     dilations: Sequence[int] | None = None,
     group: int = 1,
     kernel_shape: Sequence[int] | None = None,
@@ -68,7 +67,7 @@ def onnx_to_dragon(
     Dragon's own ``output_shape=(6, 5)`` would crop ``(1, 1)`` at the front: ONNX counts
     ``output_padding`` into the total padding.
     """
-    x_shape, weight_shape = tuple(x_shape), tuple(weight_shape)
+    x_shape, weight_shape = check_shape(_OP, "x_shape", x_shape), check_shape(_OP, "weight_shape", weight_shape)
     n = len(x_shape) - 2
     if n < 1 or len(weight_shape) != n + 2:
         raise ValueError(
@@ -78,6 +77,11 @@ def onnx_to_dragon(
     if isinstance(auto_pad, bytes):
         auto_pad = auto_pad.decode()
     auto_pad = _choice(_OP, "auto_pad", auto_pad, AUTO_PADS)
+    if pads is not None and auto_pad != "NOTSET":
+        raise ValueError(
+            f"{_OP}: `pads` cannot be used together with auto_pad={auto_pad!r} (ONNX's rule: explicit pads "
+            f"need auto_pad='NOTSET'); got pads={pads!r}."
+        )
     kernel = per_axis(_OP, "kernel_shape", weight_shape[2:] if kernel_shape is None else kernel_shape, n, 1)
     strides_ = per_axis(_OP, "strides", 1 if strides is None else strides, n, 1)
     dilations_ = per_axis(_OP, "dilations", 1 if dilations is None else dilations, n, 1)
@@ -108,10 +112,6 @@ def onnx_to_dragon(
             )
         ends = tuple(t - b for t, b in zip(totals, begins))
     elif pads is not None:
-        if auto_pad != "NOTSET":
-            raise ValueError(
-                f"{_OP}: `pads` cannot be used together with auto_pad={auto_pad!r} (ONNX's rule); got pads={pads!r}."
-            )
         begins, ends = resolve_pads(_OP, pads, n, ends_given=True)
     else:
         begins = ends = (0,) * n
@@ -133,7 +133,7 @@ def onnx_to_dragon(
 def onnx_conv_transpose(
     inputs: Sequence[Any],
     *,
-    auto_pad: str | bytes = "NOTSET",
+    auto_pad: AutoPad | bytes = "NOTSET",
     dilations: Sequence[int] | None = None,
     group: int = 1,
     kernel_shape: Sequence[int] | None = None,
@@ -143,7 +143,7 @@ def onnx_conv_transpose(
     strides: Sequence[int] | None = None,
     precision: Any = None,
     preferred_element_type: Any = None,
-    algorithm: str = "auto",
+    algorithm: Algorithm = "auto",
 ) -> Any:
     """ONNX's ``ConvTranspose`` (opset 11+): ``inputs = [X, W]`` or ``[X, W, B]``, NCHW.
 
@@ -159,9 +159,10 @@ def onnx_conv_transpose(
       >>> onnx_conv_transpose([x, w], strides=[2], auto_pad='SAME_UPPER').tolist()
       [[[0.0, 0.0, 1.0, 1.0, 3.0, 2.0]]]
     """
-    from jax_deconv._conv_transpose import _unpack_inputs, conv_transpose
+    from jax_deconv._conv_transpose import conv_transpose
+    from jax_deconv._inputs import unpack_inputs
 
-    x, w, _ = _unpack_inputs(_OP, inputs)
+    x, w, _ = unpack_inputs(_OP, inputs)
     kwargs = onnx_to_dragon(
         x.shape, w.shape, auto_pad=auto_pad, dilations=dilations, group=group, kernel_shape=kernel_shape,
         output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides,

@@ -40,8 +40,15 @@ from typing import Any
 
 import numpy as np
 
-PADDINGS = ("VALID", "SAME", "SAME_UPPER", "SAME_LOWER")
-DATA_FORMATS = ("NCHW", "NHWC")
+from jax_deconv._types import DATA_FORMATS, PADDINGS
+
+MAX_ARGUMENT = 2**31 - 1
+"""Largest stride, dilation, kernel size, pad, output size or group accepted (each is a length
+along one axis; the limit keeps every size derived from them far inside int64)."""
+
+MAX_ELEMENTS = 2**56
+"""Most elements any array of a call may have (output, phase buffers): 8-byte elements times
+every buffer of a computation stay inside the int64 byte counts of XLA."""
 
 
 # --------------------------------------------------------------------------- normalisers
@@ -51,17 +58,33 @@ def _fail(op: str, name: str, value: Any, allowed: str, exc: type = ValueError) 
     return exc(f"{op}: `{name}` must be {allowed}; got {value!r}.")
 
 
-def _as_int(op: str, name: str, value: Any, minimum: int) -> int:
-    """One integer >= ``minimum``; bools, floats and strings are refused."""
+def _host(value: Any) -> Any:
+    """Array-likes (NumPy, concrete JAX arrays) as NumPy arrays; anything else unchanged."""
+    if isinstance(value, (list, tuple, str, bytes, numbers.Number)) or not hasattr(value, "__array__"):
+        return value
+    try:
+        return np.asarray(value)
+    except TypeError:  # a traced JAX value: sizes must be known when the call is traced
+        return value
+
+
+def _as_int(op: str, name: str, value: Any, minimum: int, maximum: int = MAX_ARGUMENT) -> int:
+    """One integer in ``[minimum, maximum]``; bools, floats, strings and traced values are refused."""
     kind = f"an integer >= {minimum}"
+    value = _host(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype, np.integer):
+        value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _fail(op, name, value, kind, TypeError)
     if value < minimum:
         raise _fail(op, name, value, kind)
+    if value > maximum:
+        raise _fail(op, name, value, f"{kind} and <= {maximum} (the largest size jax_deconv accepts)")
     return int(value)
 
 
 def _as_sequence(op: str, name: str, value: Any, allowed: str) -> tuple[Any, ...]:
+    value = _host(value)
     if isinstance(value, np.ndarray):
         if value.ndim != 1:
             raise _fail(op, name, value, allowed, ValueError)
@@ -71,10 +94,31 @@ def _as_sequence(op: str, name: str, value: Any, allowed: str) -> tuple[Any, ...
     return tuple(value)
 
 
+def _is_int(value: Any) -> bool:
+    """An integer scalar: Python/NumPy int or a 0-d integer array (bools are not)."""
+    value = _host(value)
+    if isinstance(value, np.ndarray):
+        return value.ndim == 0 and np.issubdtype(value.dtype, np.integer)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_shape(op: str, name: str, shape: Any) -> tuple[int, ...]:
+    """A user-given array shape (``conv_transpose_plan``, ``onnx_to_dragon``): ints >= 0.
+
+    Shapes read from arrays need no check (JAX made them); these are typed in by hand.
+    """
+    allowed = f"a sequence of ints >= 0 (each <= {MAX_ELEMENTS})"
+    values = _as_sequence(op, name, shape, allowed)
+    try:
+        return tuple(_as_int(op, name, v, 0, MAX_ELEMENTS) for v in values)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{op}: `{name}` must be {allowed}; got {shape!r}.") from None
+
+
 def per_axis(op: str, name: str, value: Any, n: int, minimum: int) -> tuple[int, ...]:
     """An int, a 1-element sequence (broadcast) or ``n`` ints, each >= ``minimum``."""
     allowed = f"an int or a sequence of 1 or {n} ints, each >= {minimum}"
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    if _is_int(value):
         values: tuple[Any, ...] = (value,)
     else:
         values = _as_sequence(op, name, value, allowed)
@@ -96,7 +140,7 @@ def resolve_pads(op: str, value: Any, n: int, *, ends_given: bool = False) -> tu
         allowed, counts = f"None or a sequence of {2 * n} non-negative ints (all begins, then all ends)", (2 * n,)
     else:
         allowed, counts = f"a non-negative int or a sequence of 1, {n} or {2 * n} non-negative ints", (1, n, 2 * n)
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and not ends_given:
+    if _is_int(value) and not ends_given:
         values: tuple[Any, ...] = (value,)
     else:
         values = _as_sequence(op, "pads", value, allowed)
@@ -205,7 +249,10 @@ class Plan:
 
     @property
     def is_zero(self) -> bool:
-        """True when every kept position lies past the end of the full output (y = bias)."""
+        """True when no input reaches ``y`` (y = bias): every kept position lies past the end of
+        the full output, or there are no input channels."""
+        if self.in_channels == 0:
+            return True
         return any(p.m_begin >= size + p.span for p, size in zip(self.phases, self.in_spatial))
 
 
@@ -250,8 +297,8 @@ def _output_sizes(
     """``output_shape`` / ``output_padding``: None, an int or exactly ``n`` ints."""
     if value is None:
         return None
-    allowed = f"None or a sequence of {n} ints, each >= {minimum}"
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+    allowed = f"None, an int or a sequence of {n} ints, each >= {minimum}"
+    if _is_int(value):
         values: tuple[Any, ...] = (value,) * n
     else:
         values = _as_sequence(op, name, value, allowed)
@@ -369,6 +416,13 @@ def make_plan(
             begins = tuple(t - t // 2 for t in totals)
         ends = tuple(f - b - o for f, b, o in zip(full, begins, outs))
 
+    known = [v for v in (batch, c_out, *outs) if isinstance(v, int)]  # symbolic sizes: checked when run
+    if math.prod(known) > MAX_ELEMENTS:
+        raise ValueError(
+            f"{op}: the output would have shape {(batch, c_out, *outs)} (channels first), "
+            f"{math.prod(known)} elements, more than the {MAX_ELEMENTS} any array may have; "
+            f"check `output_padding`, `output_shape`, `strides` and `dilations`."
+        )
     return Plan(
         data_format=data_format,
         batch=batch,

@@ -26,7 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax as _lax
 
-from jax_deconv._conv_transpose import Algorithm, _conv_transpose
+from jax_deconv._conv_transpose import _conv_transpose
+from jax_deconv._inputs import as_floating
+from jax_deconv._types import Algorithm
 from jax_deconv._plan import _as_int, _fail, crop_window, full_length, lax_string_crops, per_axis
 
 __all__ = ["conv_transpose"]
@@ -121,7 +123,7 @@ def conv_transpose(
       ...                      jax.lax.conv_transpose(x, k, (2,), "SAME")))
       True
     """
-    lhs, rhs = _floating(_OP, "lhs", lhs), _floating(_OP, "rhs", rhs)
+    lhs, rhs = as_floating(_OP, "lhs", lhs), as_floating(_OP, "rhs", rhs)
     n = _rank(_OP, lhs, rhs)
     dn = _dimension_numbers(_OP, lhs, rhs, dimension_numbers)
     strides_ = _per_axis(_OP, "strides", strides, n)
@@ -253,19 +255,6 @@ def _dragon_weight(op, k, c_in, groups, transpose_kernel, rhs_shape) -> jax.Arra
     k = k.reshape(groups, cg_out, second, *k.shape[2:])
     k = jnp.swapaxes(k, 1, 2).reshape(c_in, cg_out, *k.shape[3:])  # (C_in, C_out/group, K...)
     return jnp.flip(k, axis=tuple(range(2, n + 2)))
-
-
-def _floating(op: str, name: str, value: Any) -> jax.Array:
-    try:
-        array = jnp.asarray(value)
-    except TypeError as e:
-        raise TypeError(f"{op}: `{name}` must be an array; got {type(value)!r}.") from e
-    if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise TypeError(
-            f"{op}: `{name}` must have a floating dtype (float16, bfloat16, float32, float64); got {array.dtype} "
-            f"(jax_deconv computes in floating point only)."
-        )
-    return array
 
 
 def _rank(op: str, lhs: jax.Array, rhs: jax.Array) -> int:

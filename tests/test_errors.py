@@ -32,7 +32,7 @@ BAD = [
      r"`output_shape` \(=\[6, 5\]\) is too large along spatial axis 0: 6 > 5, the largest reachable size "
      r".*a larger `output_padding` raises the maximum"),
     (dict(output_shape=(5, 6), output_padding=(0, 0)), ValueError, r"spatial axis 1: 6 > 5"),
-    (dict(output_shape=(5,)), ValueError, r"`output_shape` must be None or a sequence of 2 ints.*\(1 values\)"),
+    (dict(output_shape=(5,)), ValueError, r"`output_shape` must be None, an int or a sequence of 2 ints.*\(1 values\)"),
     (dict(output_shape=(0, 5)), ValueError, r"`output_shape` must be .* each >= 1; got \(0, 5\)"),
     (dict(output_shape=(2.5, 5)), TypeError, r"`output_shape` must be .*; got \(2.5, 5\)"),
     (dict(output_padding=(1, -1)), ValueError, r"`output_padding` must be .* each >= 0; got \(1, -1\)"),

@@ -164,7 +164,7 @@ def test_mapping_differs_from_dragon_exactly_by_output_padding():
         (dict(output_shape=[7, 5]), ValueError, r"`output_shape` \(7, 5\) gives a negative total padding \(-2, 0\)"),
         (dict(output_shape=[6, 5], auto_pad="SAME_UPPER"), ValueError, r"`output_shape` \(6, 5\) gives a negative"),
         (dict(pads=[0, 0, 0, 0], auto_pad="VALID"), ValueError, r"`pads` cannot be used together with auto_pad="),
-        (dict(output_shape=[1, 1, 5, 5]), ValueError, r"`output_shape` must be None or a sequence of 2 ints"),
+        (dict(output_shape=[1, 1, 5, 5]), ValueError, r"`output_shape` must be None, an int or a sequence of 2 ints"),
         (dict(kernel_shape=[3, 3, 3]), ValueError, r"`kernel_shape` must be an int or a sequence of 1 or 2"),
     ],
 )

@@ -1,4 +1,12 @@
-"""Spatially sharded transposed convolution with an explicit halo exchange (for ``jax.shard_map``).
+"""Sharded inputs: explicit-sharding dispatch and the spatial halo exchange.
+
+Two ways a volume is spread over devices, both here:
+
+* **Sharding in types** (``jax.sharding.use_mesh`` / explicit axes): :func:`under_explicit_sharding`
+  runs the lowering on inputs whose types carry a sharding (called by every public function).
+* **``jax.shard_map`` with a split spatial axis**: :func:`conv_transpose_halo`, below.
+
+Spatially sharded transposed convolution with an explicit halo exchange (for ``jax.shard_map``).
 
 A volume too large for one device is split along one spatial axis into ``P`` equal blocks of
 ``S_loc`` positions, one per device of a mesh axis. When the output has ``O = s * S`` positions
@@ -19,14 +27,63 @@ block plus the halos; nothing is gathered.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 from jax import lax
 
-from jax_deconv._conv_transpose import _unpack_inputs, conv_transpose
-from jax_deconv._plan import Plan, _as_int, make_plan
+from jax_deconv._inputs import check_preferred, static_sizes, unpack_inputs
+from jax_deconv._lowering import bind
+from jax_deconv._plan import Plan, _as_int, full_length, make_plan
+from jax_deconv._types import Algorithm, DataFormat, Padding
+
+
+def under_explicit_sharding(apply, plan: Plan, x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
+    """Run ``apply`` on inputs that may be sharded *in their types* (JAX's explicit sharding).
+
+    The lowering pads, reshapes and transposes, which explicit sharding cannot type. Only the
+    batch of ``x`` sharded (data parallel): each device runs its own examples under
+    ``shard_map`` (no communication; XLA's partitioner would gather the batch of a grouped
+    convolution). Anything else: ``auto_axes`` hands the placement to XLA's partitioner
+    (which exchanges halos for a sharded spatial axis); the output keeps ``x``'s batch and
+    spatial sharding where the output sizes divide evenly. No explicit sharding: ``apply``.
+    """
+    if not hasattr(jax, "typeof"):  # a JAX without sharding in types
+        return apply(x, w, b, plan=plan)
+    P = jax.sharding.PartitionSpec
+    shardings = [jax.typeof(a).sharding for a in (x, w, b) if a is not None]
+    axes = tuple(dict.fromkeys(name for sharding in shardings for name in _spec_names(sharding.spec)))
+    if not axes:
+        return apply(x, w, b, plan=plan)
+    mesh = next(sharding.mesh for sharding in shardings if _spec_names(sharding.spec))
+    x_spec = tuple(shardings[0].spec) + (None,) * (x.ndim - len(shardings[0].spec))
+    if x_spec[0] is not None and not _spec_names(x_spec[1:]) and all(not _spec_names(s.spec) for s in shardings[1:]):
+        devices = math.prod(mesh.shape[name] for name in _spec_names(x_spec[:1]))
+        local_plan = dataclasses.replace(plan, batch=plan.batch // devices)
+        local = jax.shard_map(
+            lambda x, w: apply(x, w, b, plan=local_plan), mesh=mesh, in_specs=(P(x_spec[0]), P()),
+            out_specs=P(x_spec[0]),
+        )
+        return local(x, w)
+    spatial = range(2, x.ndim) if plan.data_format == "NCHW" else range(1, x.ndim - 1)
+    out = [None] * x.ndim
+    for i in [0, *spatial]:
+        size = math.prod(mesh.shape[name] for name in _spec_names([x_spec[i]]))
+        if x_spec[i] is not None and plan.out_shape[i] % size == 0:
+            out[i] = x_spec[i]
+    out_sharding = jax.sharding.NamedSharding(mesh, P(*out))
+    apply = functools.partial(apply, plan=plan)
+    return jax.sharding.auto_axes(apply, axes=axes, out_sharding=out_sharding)(x, w, b)
+
+
+def _spec_names(spec: Any) -> list[str]:
+    return [name for entry in spec for name in (entry if isinstance(entry, tuple) else (entry,)) if name is not None]
+
+
 
 _OP = "conv_transpose_halo"
 
@@ -66,13 +123,13 @@ def conv_transpose_halo(
     pads: int | Sequence[int] = 0,
     dilations: int | Sequence[int] = 1,
     group: int = 1,
-    padding: str = "VALID",
-    output_padding: Sequence[int] | None = None,
-    output_shape: Sequence[int] | None = None,
-    data_format: str = "NCHW",
-    precision: Any = None,
+    padding: Padding = "VALID",
+    output_padding: int | Sequence[int] | None = None,
+    output_shape: int | Sequence[int] | None = None,
+    data_format: DataFormat = "NCHW",
+    precision: lax.PrecisionLike = None,
     preferred_element_type: Any = None,
-    algorithm: str = "auto",
+    algorithm: Algorithm = "auto",
 ) -> jax.Array:
     """:func:`~jax_deconv.conv_transpose` of a volume split along spatial ``axis`` over ``axis_name``.
 
@@ -98,11 +155,17 @@ def conv_transpose_halo(
       >>> y.shape, bool(jnp.allclose(y, conv3d_transpose([x, w], kernel_shape=4, strides=2, pads=1)))
       ((1, 4, 32, 16, 16), True)
     """
-    x, w, b = _unpack_inputs(_OP, inputs)
-    devices = lax.axis_size(axis_name) if hasattr(lax, "axis_size") else lax.psum(1, axis_name)
+    x, w, b = unpack_inputs(_OP, inputs)
+    try:
+        devices = lax.axis_size(axis_name) if hasattr(lax, "axis_size") else lax.psum(1, axis_name)
+    except NameError:
+        raise ValueError(
+            f"{_OP}: `axis_name` (={axis_name!r}) must name a mesh axis bound by an enclosing `jax.shard_map`; "
+            f"call conv_transpose_halo inside shard_map (outside it, use conv_transpose)."
+        ) from None
     ndim = x.ndim - 2
     axis = _as_int(_OP, "axis", axis, 0)
-    if axis >= ndim:
+    if axis >= max(ndim, 1):
         raise ValueError(f"{_OP}: `axis` must be a spatial axis index in [0, {ndim}); got {axis}.")
     nchw = str(data_format).upper() == "NCHW"
     array_axis = (2 if nchw else 1) + axis
@@ -110,9 +173,11 @@ def conv_transpose_halo(
     whole[array_axis] *= devices
     plan = make_plan(
         whole, w.shape, None if b is None else b.shape, kernel_shape=kernel_shape, strides=strides, pads=pads,
-        dilations=dilations, group=group, padding=padding, output_padding=output_padding,
-        output_shape=output_shape, data_format=data_format, op=_OP,
+        dilations=dilations, group=group, padding=padding,
+        output_padding=static_sizes(_OP, "output_padding", output_padding),
+        output_shape=static_sizes(_OP, "output_shape", output_shape), data_format=data_format, op=_OP,
     )
+    apply = bind(_OP, plan, algorithm, precision, check_preferred(_OP, preferred_element_type))
     s, local = plan.strides[axis], x.shape[array_axis]
     if plan.out_spatial[axis] != s * plan.in_spatial[axis]:
         raise ValueError(
@@ -126,17 +191,19 @@ def conv_transpose_halo(
             f"block of {local} slices along spatial axis {axis}; use fewer devices or a larger volume."
         )
     window = _exchange(x, array_axis, axis_name, devices, left, right)
-    begins = list(plan.pad_begin)
-    ends = [max(e, 0) for e in plan.pad_end]
-    tails = [max(-e, 0) for e in plan.pad_end]
+    # The window's own plan: the whole plan's crops, moved by the halo along `axis`.
+    begins, ends = list(plan.pad_begin), list(plan.pad_end)
+    size = local + left + right
     begins[axis] += s * left
-    full = s * (local + left + right - 1) + plan.dilations[axis] * (plan.kernel[axis] - 1) + 1
-    end = full - begins[axis] - s * local
-    ends[axis], tails[axis] = max(end, 0), max(-end, 0)
-    local_inputs = [window, w] if b is None else [window, w, b]
-    return conv_transpose(
-        local_inputs, kernel_shape=plan.kernel, strides=plan.strides, pads=tuple(begins) + tuple(ends),
-        dilations=plan.dilations, group=plan.group, padding="VALID", output_padding=tuple(tails),
-        data_format=plan.data_format, precision=precision, preferred_element_type=preferred_element_type,
-        algorithm=algorithm,
+    ends[axis] = full_length(size, plan.kernel[axis], s, plan.dilations[axis]) - begins[axis] - s * local
+    in_spatial = list(plan.in_spatial)
+    in_spatial[axis] = size
+    out_spatial = list(plan.out_spatial)
+    out_spatial[axis] = s * local
+    local_plan = dataclasses.replace(
+        plan, in_spatial=tuple(in_spatial), pad_begin=tuple(begins), pad_end=tuple(ends),
+        out_spatial=tuple(out_spatial),
     )
+    dtype = jax.numpy.result_type(*(a for a in (window, w, b) if a is not None))
+    window, w = window.astype(dtype), w.astype(dtype)
+    return apply(window, w, None if b is None else b.astype(dtype), plan=local_plan)

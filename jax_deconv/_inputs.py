@@ -1,0 +1,90 @@
+"""Array arguments: ``inputs = [x, weight(, bias)]``, host-side sizes and ``preferred_element_type``.
+
+Everything is checked here, before a plan is made or anything reaches XLA, and every error
+names the function in front, the argument, the value received and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+FLOATING = "a floating dtype that can hold zero (float16, bfloat16, float32, float64, ...)"
+
+
+def check_floating(op: str, name: str, dtype: Any) -> np.dtype:
+    """``dtype`` as a NumPy dtype if it is floating and holds an exact zero; else ``TypeError``.
+
+    Zero must be representable: the phase form pads with zeros (``float8_e8m0fnu`` has none).
+    """
+    try:
+        dt = jnp.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{op}: `{name}` must be {FLOATING}; got {dtype!r}.") from None
+    if not _floating_with_zero(dt):
+        raise TypeError(f"{op}: `{name}` must be {FLOATING}; got {dt}.")
+    return dt
+
+
+def _floating_with_zero(dtype: Any) -> bool:
+    return bool(jnp.issubdtype(dtype, jnp.floating)) and float(np.zeros((), dtype)) == 0.0
+
+
+def unpack_inputs(op: str, inputs: Any) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``[x, weight]`` or ``[x, weight, bias]`` (bias may be None) as arrays of a floating dtype."""
+    if not isinstance(inputs, (list, tuple)):
+        raise TypeError(
+            f"{op}: `inputs` must be a list or tuple [x, weight] or [x, weight, bias]; got {type(inputs)!r}."
+        )
+    if len(inputs) not in (2, 3):
+        raise ValueError(f"{op}: `inputs` must be [x, weight] or [x, weight, bias]; got {len(inputs)} inputs.")
+    x, w = as_floating(op, "x", inputs[0]), as_floating(op, "weight", inputs[1])
+    b = None if len(inputs) == 2 or inputs[2] is None else as_floating(op, "bias", inputs[2])
+    return x, w, b
+
+
+def as_floating(op: str, name: str, value: Any) -> jax.Array:
+    """One array argument, which must have a floating dtype that holds zero."""
+    if value is None:
+        raise TypeError(f"{op}: `{name}` must be an array; got None.")
+    try:
+        array = jnp.asarray(value)
+    except (TypeError, ValueError) as e:  # ragged nested lists, strings, objects
+        raise TypeError(
+            f"{op}: `{name}` must be an array (or a rectangular nested list of floats); "
+            f"got {type(value).__name__}: {str(e).splitlines()[0]}"
+        ) from None
+    if not _floating_with_zero(array.dtype):
+        raise TypeError(f"{op}: `{name}` must have {FLOATING}; got {array.dtype} (jax_deconv computes in floating point).")
+    return array
+
+
+def static_sizes(op: str, name: str, value: Any) -> Any:
+    """Sizes (``output_shape``, ``strides``...) as host values; traced values are refused.
+
+    Concrete JAX arrays become NumPy arrays / Python ints, which :mod:`jax_deconv._plan` checks.
+    """
+    if value is None or isinstance(value, (int, str)):
+        return value
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    if any(isinstance(v, jax.core.Tracer) for v in items):
+        raise TypeError(
+            f"{op}: `{name}` must be static (known at trace time): sizes decide the output shape, "
+            f"so under `jax.jit` pass a Python int/tuple or mark the argument static "
+            f"(static_argnames); got a traced value {value!r}."
+        )
+    if isinstance(value, jax.Array):
+        return np.asarray(value)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, jax.Array) for v in value):
+        return type(value)(np.asarray(v)[()] if isinstance(v, jax.Array) else v for v in value)
+    return value
+
+
+def check_preferred(op: str, preferred_element_type: Any) -> np.dtype | None:
+    """``preferred_element_type``: None or a floating dtype (an integer one would truncate)."""
+    if preferred_element_type is None:
+        return None
+    return check_floating(op, "preferred_element_type", preferred_element_type)

@@ -1,0 +1,238 @@
+"""Lowering of a :class:`~jax_deconv._plan.Plan` onto XLA (``lax`` ops only).
+
+Both lowerings use the sub-pixel (phase) form derived in ``_plan.py``: the kernel is split
+into ``prod(strides)`` phase sub-kernels, a stride-1 correlation of the *undilated* input
+computes every phase at once, and a depth-to-space shuffle interleaves the phases. No
+``lhs_dilation`` is ever emitted, so
+
+* XLA never multiplies inserted zeros (``prod(strides)`` times less work than the plain
+  lowering),
+* plain autodiff gives the gradients: ``dx`` is a stride-1 correlation of ``dy`` (the
+  forward strided convolution in phase form) and ``dw`` a stride-1 filter gradient, which
+  cuDNN and XLA's CPU dot emitter run directly; every transform (``jvp``, ``vjp``, ``vmap``,
+  ``hessian``, ``remat``...) works with no custom rule,
+* negative padding never reaches XLA (crops are slices), which avoids the XLA aborts of the
+  plain lowering on small volumes.
+
+Algorithms (``algorithm=``):
+
+``'conv'``  one ``lax.conv_general_dilated`` (feature_group_count = group, phases as extra
+            output features); the choice for GPU/TPU, where it maps onto cuDNN / the MXU.
+``'gemm'``  im2col over the ``prod(taps)`` phase taps + one ``lax.dot_general`` batched over
+            groups (groups lead, so no operand is transposed); the choice on CPU, where dots
+            reach a fast GEMM and XLA's 3-D convolution does not. 16-bit inputs are
+            multiplied and accumulated in float32 (XLA:CPU's 16-bit dots are 2x slower) and
+            the result rounded once. Its buffer is ``prod(taps)`` times the (cropped, padded)
+            input, in float32.
+``'auto'``  ``'gemm'`` on CPU while that buffer stays under 256 MiB, else ``'conv'``; chosen
+            by the platform the computation is compiled for (see :func:`choose_algorithm`).
+"""
+
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jax_deconv._plan import Plan, phase_buffer_elements
+from jax_deconv._types import ALGORITHMS
+
+GEMM_BUFFER_LIMIT_BYTES = 256 * 2**20
+
+
+def _phase_kernel(w: jax.Array, plan: Plan, order: Sequence[str]) -> jax.Array:
+    """Weight -> phase sub-kernels, taps flipped for correlation, axes in ``order``.
+
+    The axes are named ``G``, ``Cin`` (per group), ``Cout`` (per group), ``T`` (all the tap
+    axes, ``T1..Tn``) and ``s`` (all the phase axes, ``s1..sn``).
+    """
+    n, g = plan.ndim, plan.group
+    if plan.data_format == "NHWC":  # (C_in, *K, Cg_out) -> (C_in, Cg_out, *K)
+        w = jnp.moveaxis(w, -1, 1)
+    phases = plan.phases
+    # dilate by d and zero-pad to s*T taps; (0, 0, 0) on axes with stride 1
+    config = [(0, 0, 0), (0, 0, 0)]
+    for k, d, p in zip(plan.kernel, plan.dilations, phases):
+        config.append((0, 0, 0) if p.stride == 1 else (0, p.kernel_padded - (d * (k - 1) + 1), d - 1))
+    w = lax.pad(w, jnp.zeros((), w.dtype), config)
+    split = [dim for p in phases for dim in (p.taps, p.stride)]
+    w = w.reshape(g, plan.in_channels // g, w.shape[1], *split)
+    w = jnp.flip(w, axis=tuple(3 + 2 * i for i in range(n)))
+    axes = {"G": [0], "Cin": [1], "Cout": [2], "T": [3 + 2 * i for i in range(n)], "s": [4 + 2 * i for i in range(n)]}
+    return jnp.transpose(w, [a for name in order for a in axes[name]])
+
+
+def _crop_and_pad(x: jax.Array, plan: Plan, spatial_axes: Sequence[int]) -> jax.Array:
+    """Crop (slices) then zero-pad (non-negative) ``x`` as the phase plan says."""
+    phases = plan.phases
+    start = [0] * x.ndim
+    limit = list(x.shape)
+    config = [(0, 0, 0)] * x.ndim
+    for ax, p in zip(spatial_axes, phases):
+        start[ax], limit[ax] = p.crop[0], x.shape[ax] - p.crop[1]
+        config[ax] = (p.pad[0], p.pad[1], 0)
+    x = lax.slice(x, start, limit)
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
+def _shuffle(y: jax.Array, names: list[str], plan: Plan) -> jax.Array:
+    """Depth-to-space: axes named N, G, Cg, M<i>, s<i> -> the output layout, then crop."""
+    n = plan.ndim
+    spatial = [name for i in range(n) for name in (f"M{i}", f"s{i}")]
+    target = ["N", "G", "Cg", *spatial] if plan.data_format == "NCHW" else ["N", *spatial, "G", "Cg"]
+    y = jnp.transpose(y, [names.index(name) for name in target])
+    phases = plan.phases
+    inter = [(p.m_end - p.m_begin) * p.stride for p in phases]
+    if plan.data_format == "NCHW":
+        y = y.reshape(plan.batch, plan.out_channels, *inter)
+        first = 2
+    else:
+        y = y.reshape(plan.batch, *inter, plan.out_channels)
+        first = 1
+    start = [0] * y.ndim
+    limit = list(y.shape)
+    for i, p in enumerate(phases):
+        start[first + i], limit[first + i] = p.offset, p.offset + p.out
+    return lax.slice(y, start, limit)
+
+
+def _lower_conv(x, w, plan: Plan, precision, preferred) -> jax.Array:
+    n, g = plan.ndim, plan.group
+    phases = plan.phases
+    cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
+    k = _phase_kernel(w, plan, ["G", "s", "Cout", "Cin", "T"])
+    k = k.reshape(g * math.prod(p.stride for p in phases) * cg_out, cg_in, *(p.taps for p in phases))
+    if plan.data_format == "NCHW":
+        lhs_spec, spatial_axes = (0, 1, *range(2, n + 2)), list(range(2, n + 2))
+    else:
+        lhs_spec, spatial_axes = (0, n + 1, *range(1, n + 1)), list(range(1, n + 1))
+    x = _crop_and_pad(x, plan, spatial_axes)
+    dn = lax.ConvDimensionNumbers(lhs_spec=lhs_spec, rhs_spec=tuple(range(n + 2)), out_spec=lhs_spec)
+    y = lax.conv_general_dilated(
+        x,
+        k,
+        window_strides=(1,) * n,
+        padding=[(0, 0)] * n,
+        rhs_dilation=[p.dilation for p in phases],
+        dimension_numbers=dn,
+        feature_group_count=g,
+        precision=precision,
+        preferred_element_type=preferred,
+    )
+    m = [p.m_end - p.m_begin for p in phases]
+    s = [p.stride for p in phases]
+    if plan.data_format == "NCHW":
+        y = y.reshape(plan.batch, g, *s, cg_out, *m)
+        names = ["N", "G", *(f"s{i}" for i in range(n)), "Cg", *(f"M{i}" for i in range(n))]
+    else:
+        y = y.reshape(plan.batch, *m, g, *s, cg_out)
+        names = ["N", *(f"M{i}" for i in range(n)), "G", *(f"s{i}" for i in range(n)), "Cg"]
+    return _shuffle(y, names, plan)
+
+
+def _lower_gemm(x, w, plan: Plan, precision, preferred) -> jax.Array:
+    if jnp.dtype(x.dtype).itemsize < 4:  # 16-bit inputs: multiply and accumulate in float32
+        x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+        return _lower_gemm(x32, w32, plan, precision, None).astype(preferred or x.dtype)
+    n, g = plan.ndim, plan.group
+    phases = plan.phases
+    cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
+    # (G, N, S1..Sn, Cg_in): groups lead, so the batched dot needs no transpose of its operands
+    if plan.data_format == "NCHW":
+        x = x.reshape(plan.batch, g, cg_in, *plan.in_spatial)
+        x = jnp.transpose(x, [1, 0, *range(3, n + 3), 2])
+    else:
+        x = x.reshape(plan.batch, *plan.in_spatial, g, cg_in)
+        x = jnp.transpose(x, [n + 1, 0, *range(1, n + 1), n + 2])
+    x = _crop_and_pad(x, plan, list(range(2, n + 2)))
+    m = [p.m_end - p.m_begin for p in phases]
+    # im2col one axis at a time (sum(taps) slices, not prod(taps)): (G, N, M1..Mn, T1..Tn, Cg_in)
+    for i, p in enumerate(phases):
+        cols = [lax.slice_in_dim(x, p.dilation * j, p.dilation * j + m[i], axis=2 + i) for j in range(p.taps)]
+        x = jnp.stack(cols, axis=2 + n + i)
+    n_taps = math.prod(p.taps for p in phases)
+    patches = x.reshape(g, plan.batch, *m, n_taps, cg_in)
+    k = _phase_kernel(w, plan, ["G", "T", "Cin", "s", "Cout"]).reshape(g, n_taps, cg_in, -1)
+    y = lax.dot_general(
+        patches,
+        k,
+        (((n + 2, n + 3), (1, 2)), ((0,), (0,))),
+        precision=precision,
+        preferred_element_type=preferred,
+    )  # (G, N, M1..Mn, s1..sn * Cg_out)
+    y = y.reshape(g, plan.batch, *m, *(p.stride for p in phases), cg_out)
+    names = ["G", "N", *(f"M{i}" for i in range(n)), *(f"s{i}" for i in range(n)), "Cg"]
+    return _shuffle(y, names, plan)
+
+
+_LOWERINGS = {"conv": _lower_conv, "gemm": _lower_gemm}
+
+
+def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred) -> jax.Array:
+    if plan.is_zero:  # every kept position is past the end of the full output (or C_in == 0)
+        y = jnp.zeros(plan.out_shape, preferred or x.dtype)
+    else:
+        y = _LOWERINGS[algorithm](x, w, plan, precision, preferred)
+    if b is not None:
+        shape = [1] * y.ndim
+        shape[1 if plan.data_format == "NCHW" else -1] = plan.out_channels
+        y = y + b.astype(y.dtype).reshape(shape)
+    return y
+
+
+@functools.partial(jax.jit, static_argnames=("plan", "algorithm", "precision", "preferred"))
+def apply(x, w, b, *, plan: Plan, algorithm: str, precision, preferred) -> jax.Array:
+    """Run ``plan`` with ``algorithm`` (``'auto'``: per platform, see :func:`choose_algorithm`)."""
+    if algorithm != "auto":
+        return _lower(x, w, b, plan, algorithm, precision, preferred)
+    on_cpu = choose_algorithm(plan, jnp.result_type(x, w), "cpu")
+    if on_cpu == "conv":
+        return _lower(x, w, b, plan, "conv", precision, preferred)
+    # The platform the computation runs on picks the branch when it is compiled; only that
+    # branch is ever compiled (under a multi-platform jax.export, each platform its own).
+    return lax.platform_dependent(
+        x, w, b,
+        cpu=lambda x, w, b: _lower(x, w, b, plan, on_cpu, precision, preferred),
+        default=lambda x, w, b: _lower(x, w, b, plan, "conv", precision, preferred),
+    )
+
+
+def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None) -> str:
+    """The algorithm ``'auto'`` runs for ``plan`` on ``backend`` (default: JAX's default backend).
+
+    ``'gemm'`` on CPU while its im2col buffer (float32 for 16-bit inputs) stays within
+    ``GEMM_BUFFER_LIMIT_BYTES`` (256 MiB), else ``'conv'``; ``'conv'`` on every other backend.
+    Inside a computation ``'auto'`` does not ask for JAX's default backend: it stages both
+    choices with ``lax.platform_dependent``, and the platform the computation is compiled for
+    picks one (so a ``jax.export`` for several platforms runs ``'gemm'`` on CPU and ``'conv'``
+    on GPU/TPU). Sizes unknown until run time (symbolic shapes of ``jax.export``) are never
+    compared: a symbolic batch counts as one example, a symbolic spatial size chooses ``'conv'``,
+    whose buffers do not grow with the kernel's taps.
+
+    Examples:
+      >>> from jax_deconv import choose_algorithm, conv_transpose_plan
+      >>> plan = conv_transpose_plan((2, 32, 16, 16, 16), (32, 16, 4, 4, 4), kernel_shape=4, strides=2)
+      >>> choose_algorithm(plan, "float32", "cpu"), choose_algorithm(plan, "float32", "gpu")
+      ('gemm', 'conv')
+    """
+    backend = backend or jax.default_backend()
+    if backend != "cpu" or not all(isinstance(v, int) for v in (*plan.in_spatial, *plan.out_spatial)):
+        return "conv"
+    itemsize = max(np.dtype(dtype).itemsize, 4)  # the gemm buffer holds float32 even for 16-bit inputs
+    return "gemm" if phase_buffer_elements(plan) * itemsize <= GEMM_BUFFER_LIMIT_BYTES else "conv"
+
+
+def bind(op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any) -> functools.partial:
+    """``apply`` with its static arguments checked and fixed; call it as ``f(x, w, b, plan=plan)``."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
+    if isinstance(precision, list):  # static arguments must be hashable
+        precision = tuple(precision)
+    return functools.partial(apply, algorithm=algorithm, precision=precision, preferred=preferred)
