@@ -15,8 +15,9 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
-from jax_deconv._conv_transpose import conv_transpose
-from jax_deconv._plan import per_axis
+from jax_deconv._conv_transpose import _conv_transpose
+from jax_deconv._plan import _as_int, _choice, _is_int, _output_sizes, per_axis, resolve_pads
+from jax_deconv._types import ALGORITHMS, DATA_FORMATS, PADDINGS, Algorithm, DataFormat, Padding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,15 +40,15 @@ class ConvTranspose:
     weight: jax.Array
     bias: jax.Array | None
     kernel_shape: tuple[int, ...]
-    strides: tuple[int, ...] = dataclasses.field(default=1)
-    pads: Any = dataclasses.field(default=0)
-    dilations: Any = dataclasses.field(default=1)
-    group: int = dataclasses.field(default=1)
-    padding: str = dataclasses.field(default="VALID")
-    output_padding: tuple[int, ...] | None = dataclasses.field(default=None)
-    output_shape: tuple[int, ...] | None = dataclasses.field(default=None)
-    data_format: str = dataclasses.field(default="NCHW")
-    algorithm: str = dataclasses.field(default="auto")
+    strides: tuple[int, ...] | int = 1
+    pads: tuple[int, ...] | int = 0
+    dilations: tuple[int, ...] | int = 1
+    group: int = 1
+    padding: Padding = "VALID"
+    output_padding: tuple[int, ...] | None = None
+    output_shape: tuple[int, ...] | None = None
+    data_format: DataFormat = "NCHW"
+    algorithm: Algorithm = "auto"
 
     ndim: ClassVar[int | None] = None  # fixed by ConvTranspose1d/2d/3d; else len(kernel_shape)
 
@@ -63,56 +64,72 @@ class ConvTranspose:
         pads: int | Sequence[int] = 0,
         dilations: int | Sequence[int] = 1,
         group: int = 1,
-        padding: str = "VALID",
-        output_padding: Sequence[int] | None = None,
-        output_shape: Sequence[int] | None = None,
-        data_format: str = "NCHW",
+        padding: Padding = "VALID",
+        output_padding: int | Sequence[int] | None = None,
+        output_shape: int | Sequence[int] | None = None,
+        data_format: DataFormat = "NCHW",
         use_bias: bool = True,
         dtype: Any = jnp.float32,
-        algorithm: str = "auto",
+        algorithm: Algorithm = "auto",
     ) -> ConvTranspose:
         """PyTorch's default initialisation (``nn.ConvTranspose*d.reset_parameters``).
 
         ``fan_in = (C_out / group) * prod(kernel)`` (PyTorch reads it from the weight's second
         axis); weight and bias are ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, which is
         ``kaiming_uniform_(a=sqrt(5))`` for the weight.
+
+        Every argument is checked here, with the checks and messages of
+        :func:`~jax_deconv.conv_transpose` (named after the class), and stored normalised:
+        tuples of Python ints, ``pads`` as all begins then all ends, upper-case strings.
         """
         op = cls.__name__
-        n = cls.ndim if cls.ndim is not None else (1 if isinstance(kernel_shape, int) else len(kernel_shape))
+        n = cls.ndim if cls.ndim is not None else (1 if _is_int(kernel_shape) else len(kernel_shape))
         kernel = per_axis(op, "kernel_shape", kernel_shape, n, 1)
-        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{op}: `{name}` must be an integer >= 1; got {value!r}.")
+        in_channels = _as_int(op, "in_channels", in_channels, 1)
+        out_channels = _as_int(op, "out_channels", out_channels, 1)
+        group = _as_int(op, "group", group, 1)
         if in_channels % group or out_channels % group:
             raise ValueError(
                 f"{op}: `group` (={group!r}) must divide in_channels (={in_channels}) and "
                 f"out_channels (={out_channels})."
             )
+        data_format = _choice(op, "data_format", data_format, DATA_FORMATS)
+        padding = _choice(op, "padding", padding, PADDINGS)
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
+        begins, ends = resolve_pads(op, pads, n)
+        output_padding_ = _output_sizes(op, "output_padding", output_padding, n, 0)
+        output_shape_ = _output_sizes(op, "output_shape", output_shape, n, 1)
+        if output_shape_ is None and padding != "VALID":
+            raise ValueError(f"{op}: `output_shape` is required for padding={padding!r}; got None.")
         per_group = out_channels // group
         fan_in = per_group * math.prod(kernel)
         bound = 1.0 / math.sqrt(fan_in)
-        shape = (in_channels, per_group, *kernel) if data_format.upper() == "NCHW" else (
-            in_channels, *kernel, per_group)
+        shape = (in_channels, per_group, *kernel) if data_format == "NCHW" else (in_channels, *kernel, per_group)
         wkey, bkey = jax.random.split(key)
         weight = jax.random.uniform(wkey, shape, dtype, -bound, bound)
         bias = jax.random.uniform(bkey, (out_channels,), dtype, -bound, bound) if use_bias else None
         return cls(
-            weight=weight, bias=bias, kernel_shape=kernel,
-            strides=tuple(per_axis(op, "strides", strides, n, 1)), pads=pads,
-            dilations=tuple(per_axis(op, "dilations", dilations, n, 1)), group=group, padding=padding,
-            output_padding=None if output_padding is None else tuple(output_padding),
-            output_shape=None if output_shape is None else tuple(output_shape),
+            weight=weight, bias=bias, kernel_shape=kernel, strides=per_axis(op, "strides", strides, n, 1),
+            pads=begins + ends, dilations=per_axis(op, "dilations", dilations, n, 1), group=group,
+            padding=padding, output_padding=output_padding_, output_shape=output_shape_,
             data_format=data_format, algorithm=algorithm,
         )
 
     def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
         """Apply to a batch ``x`` (``(N, C_in, *spatial)`` or ``(N, *spatial, C_in)``)."""
+        op, n = type(self).__name__, len(self.kernel_shape)
         inputs = [x, self.weight] if self.bias is None else [x, self.weight, self.bias]
-        return conv_transpose(
-            inputs, kernel_shape=self.kernel_shape, strides=self.strides, pads=self.pads,
-            dilations=self.dilations, group=self.group, padding=self.padding,
-            output_padding=self.output_padding, output_shape=self.output_shape,
-            data_format=self.data_format, algorithm=self.algorithm,
+        rank = jnp.ndim(x) if hasattr(x, "ndim") or isinstance(x, (list, tuple)) else None
+        if rank != n + 2:
+            layout = "(N, C_in, *spatial)" if self.data_format == "NCHW" else "(N, *spatial, C_in)"
+            raise ValueError(
+                f"{op}: input `x` must have rank {n + 2}, {layout} with {n} spatial axes; "
+                f"got shape {jnp.shape(x) if rank is not None else type(x).__name__}."
+            )
+        return _conv_transpose(
+            op, n, inputs, self.kernel_shape, self.strides, self.pads, self.dilations, self.group, self.padding,
+            self.output_padding, self.output_shape, self.data_format, None, None, self.algorithm,
         )
 
 

@@ -24,7 +24,12 @@ Algorithms (``algorithm=``):
             multiplied and accumulated in float32 (XLA:CPU's 16-bit dots are 2x slower) and
             the result rounded once. Its buffer is ``prod(taps)`` times the (cropped, padded)
             input, in float32.
-``'auto'``  ``'gemm'`` on CPU while that buffer stays under 256 MiB, else ``'conv'``; chosen
+``'taps'``  the definition itself, one matrix product per kernel tap spread into the output
+            by ``lax.pad`` (interior padding): no phase form, so no buffer beyond y and no zero
+            ever multiplied (non-finite inputs propagate exactly as the definition says); slow
+            for large kernels, right for large dilations or strides above the input's size.
+``'auto'``  ``'gemm'`` on CPU while that buffer stays under 256 MiB, else ``'conv'``; ``'taps'``
+            where the phase form's buffers would be out of proportion to the call; chosen
             by the platform the computation is compiled for (see :func:`choose_algorithm`).
 """
 
@@ -41,10 +46,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jax_deconv._plan import Plan, phase_buffer_elements
+from jax_deconv._plan import Plan, phase_buffer_elements, phase_form_fits
 from jax_deconv._types import ALGORITHMS
 
 GEMM_BUFFER_LIMIT_BYTES = 256 * 2**20
+GEMM_MAX_TAPS = 64  # im2col unrolls one slice per tap and axis
 
 
 def _phase_kernel(w: jax.Array, plan: Plan, order: Sequence[str]) -> jax.Array:
@@ -172,7 +178,51 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred) -> jax.Array:
     return _shuffle(y, names, plan)
 
 
-_LOWERINGS = {"conv": _lower_conv, "gemm": _lower_gemm}
+def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
+    """The definition, one kernel tap at a time: no phase form, no zero ever multiplied.
+
+    Tap ``q`` sends input position ``p`` to output position ``s*p + d*q - pad_begin``: the
+    inputs that land inside ``[0, O)`` are sliced out, multiplied by the tap's
+    ``(C_in/G, C_out/G)`` matrix, and spread into the output by a non-negative ``lax.pad``
+    with interior padding ``s - 1``. Buffers never exceed y, whatever the strides and
+    dilations; the work is exactly the definition's.
+    """
+    n, g = plan.ndim, plan.group
+    cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
+    if plan.data_format == "NCHW":  # x -> (N, G, Cg_in, S...), w -> (G, Cg_in, Cg_out, K...)
+        x = x.reshape(plan.batch, g, cg_in, *plan.in_spatial)
+        w = w.reshape(g, cg_in, cg_out, *plan.kernel)
+    else:
+        x = jnp.moveaxis(x.reshape(plan.batch, *plan.in_spatial, g, cg_in), (n + 1, n + 2), (1, 2))
+        w = jnp.moveaxis(w.reshape(g, cg_in, *plan.kernel, cg_out), -1, 2)
+    y = None
+    for tap in np.ndindex(*plan.kernel):
+        start, limit, config = [], [], []
+        for i in range(n):
+            s, d, begin, out = plan.strides[i], plan.dilations[i], plan.pad_begin[i], plan.out_spatial[i]
+            shift = d * tap[i] - begin  # output position of input 0
+            p0, p1 = max(0, -(shift // s)), min(plan.in_spatial[i], (out - 1 - shift) // s + 1)
+            start.append(p0)
+            limit.append(p1)
+            config.append((shift + s * p0, out - (shift + s * (p1 - 1) + 1), s - 1))
+        if any(p1 <= p0 for p0, p1 in zip(start, limit)):
+            continue
+        xs = lax.slice(x, [0, 0, 0, *start], [x.shape[0], g, cg_in, *limit])
+        wq = w[(slice(None),) * 3 + tuple(int(t) for t in tap)]
+        part = lax.dot_general(  # (G, N, S'..., Cg_out)
+            xs, wq, (((2,), (1,)), ((1,), (0,))), precision=precision, preferred_element_type=preferred
+        )
+        part = lax.pad(part, jnp.zeros((), part.dtype), [(0, 0, 0), (0, 0, 0), *config, (0, 0, 0)])
+        y = part if y is None else y + part
+    if y is None:
+        y = jnp.zeros((g, plan.batch, *plan.out_spatial, cg_out), preferred or x.dtype)
+    if plan.data_format == "NCHW":
+        y = jnp.moveaxis(y, (0, n + 2), (1, 2))  # (N, G, Cg_out, O...)
+        return y.reshape(plan.out_shape)
+    return jnp.moveaxis(y, 0, n + 1).reshape(plan.out_shape)  # (N, O..., G, Cg_out)
+
+
+_LOWERINGS = {"conv": _lower_conv, "gemm": _lower_gemm, "taps": _lower_taps}
 
 
 def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred) -> jax.Array:
@@ -193,22 +243,27 @@ def apply(x, w, b, *, plan: Plan, algorithm: str, precision, preferred) -> jax.A
     if algorithm != "auto":
         return _lower(x, w, b, plan, algorithm, precision, preferred)
     on_cpu = choose_algorithm(plan, jnp.result_type(x, w), "cpu")
-    if on_cpu == "conv":
-        return _lower(x, w, b, plan, "conv", precision, preferred)
+    elsewhere = choose_algorithm(plan, jnp.result_type(x, w), "gpu")
+    if on_cpu == elsewhere:
+        return _lower(x, w, b, plan, on_cpu, precision, preferred)
     # The platform the computation runs on picks the branch when it is compiled; only that
     # branch is ever compiled (under a multi-platform jax.export, each platform its own).
     return lax.platform_dependent(
         x, w, b,
         cpu=lambda x, w, b: _lower(x, w, b, plan, on_cpu, precision, preferred),
-        default=lambda x, w, b: _lower(x, w, b, plan, "conv", precision, preferred),
+        default=lambda x, w, b: _lower(x, w, b, plan, elsewhere, precision, preferred),
     )
 
 
 def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None) -> str:
     """The algorithm ``'auto'`` runs for ``plan`` on ``backend`` (default: JAX's default backend).
 
-    ``'gemm'`` on CPU while its im2col buffer (float32 for 16-bit inputs) stays within
-    ``GEMM_BUFFER_LIMIT_BYTES`` (256 MiB), else ``'conv'``; ``'conv'`` on every other backend.
+    ``'taps'`` where the phase form's buffers (its phase kernel, padded input, interleaved
+    output) would exceed 8 times x + weight + y, or its work 4 times the definition's, which
+    large dilations and strides far above the input's size cause (see
+    ``jax_deconv._plan.phase_form_fits``); otherwise ``'gemm'`` on
+    CPU while its im2col buffer (float32 for 16-bit inputs) stays within
+    ``GEMM_BUFFER_LIMIT_BYTES`` (256 MiB) and no axis has more than 64 phase taps, else ``'conv'``; ``'conv'`` on every other backend.
     Inside a computation ``'auto'`` does not ask for JAX's default backend: it stages both
     choices with ``lax.platform_dependent``, and the platform the computation is compiled for
     picks one (so a ``jax.export`` for several platforms runs ``'gemm'`` on CPU and ``'conv'``
@@ -222,11 +277,16 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None) -> str:
       >>> choose_algorithm(plan, "float32", "cpu"), choose_algorithm(plan, "float32", "gpu")
       ('gemm', 'conv')
     """
-    backend = backend or jax.default_backend()
-    if backend != "cpu" or not all(isinstance(v, int) for v in (*plan.in_spatial, *plan.out_spatial)):
+    if not all(isinstance(v, int) for v in (*plan.in_spatial, *plan.out_spatial)):
         return "conv"
+    if not phase_form_fits(plan):
+        return "taps"
+    backend = backend or jax.default_backend()
     itemsize = max(np.dtype(dtype).itemsize, 4)  # the gemm buffer holds float32 even for 16-bit inputs
-    return "gemm" if phase_buffer_elements(plan) * itemsize <= GEMM_BUFFER_LIMIT_BYTES else "conv"
+    im2col_fits = phase_buffer_elements(plan) * itemsize <= GEMM_BUFFER_LIMIT_BYTES
+    if backend == "cpu" and im2col_fits and max(p.taps for p in plan.phases) <= GEMM_MAX_TAPS:
+        return "gemm"
+    return "conv"
 
 
 def bind(op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any) -> functools.partial:

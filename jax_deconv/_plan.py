@@ -83,6 +83,11 @@ def _as_int(op: str, name: str, value: Any, minimum: int, maximum: int = MAX_ARG
     return int(value)
 
 
+def _limit(error: Exception) -> str:
+    """The size limit, when that is what an element broke."""
+    return f" Each must be <= {MAX_ARGUMENT}, the largest size jax_deconv accepts." if "<=" in str(error) else ""
+
+
 def _as_sequence(op: str, name: str, value: Any, allowed: str) -> tuple[Any, ...]:
     value = _host(value)
     if isinstance(value, np.ndarray):
@@ -127,7 +132,7 @@ def per_axis(op: str, name: str, value: Any, n: int, minimum: int) -> tuple[int,
     try:
         ints = tuple(_as_int(op, name, v, minimum) for v in values)
     except (TypeError, ValueError) as e:
-        raise type(e)(f"{op}: `{name}` must be {allowed}; got {value!r}.") from None
+        raise type(e)(f"{op}: `{name}` must be {allowed}; got {value!r}.{_limit(e)}") from None
     return ints * n if len(ints) == 1 else ints
 
 
@@ -149,7 +154,7 @@ def resolve_pads(op: str, value: Any, n: int, *, ends_given: bool = False) -> tu
     try:
         ints = tuple(_as_int(op, "pads", v, 0) for v in values)
     except (TypeError, ValueError) as e:
-        raise type(e)(f"{op}: `pads` must be {allowed}; got {value!r}.") from None
+        raise type(e)(f"{op}: `pads` must be {allowed}; got {value!r}.{_limit(e)}") from None
     if len(ints) == 2 * n:
         return ints[:n], ints[n:]
     ints = ints * n if len(ints) == 1 else ints
@@ -307,7 +312,7 @@ def _output_sizes(
     try:
         return tuple(_as_int(op, name, v, minimum) for v in values)
     except (TypeError, ValueError) as e:
-        raise type(e)(f"{op}: `{name}` must be {allowed}; got {value!r}.") from None
+        raise type(e)(f"{op}: `{name}` must be {allowed}; got {value!r}.{_limit(e)}") from None
 
 
 def make_plan(
@@ -450,6 +455,66 @@ def phase_buffer_elements(plan: Plan) -> int:
     taps = math.prod(p.taps for p in phases)
     batch = plan.batch if isinstance(plan.batch, int) else 1
     return batch * rows * taps * plan.in_channels
+
+
+def phase_form_elements(plan: Plan) -> int:
+    """Elements of the largest buffer both phase lowerings build besides im2col.
+
+    The phase kernel (``prod(kernel_padded)`` taps, which a large dilation or a stride far
+    above the input's size inflates), the cropped and padded input, and the interleaved
+    phase output before its crop. A symbolic batch counts as one example.
+    """
+    phases = plan.phases
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    kernel = math.prod(p.kernel_padded for p in phases) * plan.in_channels * (plan.out_channels // plan.group)
+    padded = batch * plan.in_channels * math.prod(p.m_end - p.m_begin + p.span for p in phases)
+    interleaved = batch * plan.out_channels * math.prod(p.stride * (p.m_end - p.m_begin) for p in phases)
+    return max(kernel, padded, interleaved)
+
+
+def call_elements(plan: Plan) -> int:
+    """Elements of x + weight + y: what any lowering must hold (symbolic batch: one example)."""
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    x = batch * plan.in_channels * math.prod(plan.in_spatial)
+    w = plan.in_channels * (plan.out_channels // plan.group) * math.prod(plan.kernel)
+    y = batch * plan.out_channels * math.prod(plan.out_spatial)
+    return x + w + y
+
+
+def phase_form_macs(plan: Plan) -> int:
+    """Multiply-adds of the phase form: every phase tap, the zeros of a dilated or padded
+    phase kernel included (a symbolic batch counts as one example)."""
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    rows = math.prod(p.m_end - p.m_begin for p in plan.phases)
+    taps = math.prod(p.kernel_padded for p in plan.phases)
+    return batch * rows * taps * plan.in_channels * (plan.out_channels // plan.group)
+
+
+def definition_macs(plan: Plan) -> int:
+    """Multiply-adds of the definition: each input position times each kernel tap, at most."""
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    per_group = plan.out_channels // plan.group
+    return batch * math.prod(plan.in_spatial) * math.prod(plan.kernel) * plan.in_channels * per_group
+
+
+PHASE_BUDGET = 8
+"""The phase lowerings are used while their buffers stay within ``PHASE_BUDGET`` times
+x + weight + y (plus 2**20 elements) and their work within ``PHASE_BUDGET / 2`` times the
+definition's (plus 2**16); past either, the per-tap lowering, whose buffers never exceed y
+and whose work is the definition's. (Ordinary layers: 1x to 2.4x the work, about 1x the
+buffers; large dilations and strides above the input's size: thousands of times.)"""
+
+MAX_TAPS = 4096
+"""The per-tap lowering unrolls one matrix product per kernel tap: at most this many."""
+
+
+def phase_form_fits(plan: Plan) -> bool:
+    """Whether the phase lowerings stay within budget (see :data:`PHASE_BUDGET`)."""
+    if math.prod(plan.kernel) > MAX_TAPS:
+        return True
+    buffers_fit = phase_form_elements(plan) <= PHASE_BUDGET * call_elements(plan) + 2**20
+    work_fits = phase_form_macs(plan) <= PHASE_BUDGET // 2 * definition_macs(plan) + 2**16
+    return buffers_fit and work_fits
 
 
 # --------------------------------------------------------------------------- peers' padding conventions

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-ALGORITHMS = ("conv", "gemm")
+ALGORITHMS = ("conv", "gemm", "taps")
 
 # rtol = atol, relative to the scale of the output (see `assert_close`)
 TOLERANCE = {
