@@ -55,7 +55,8 @@ def pairs(layer):
     pad = [(p, p)] * n  # PyTorch's padding p as lax's consistent padding
     out = {
         "jax.lax.conv_transpose": (
-            lambda x, w: jax.lax.conv_transpose(x, w, (s,) * n, pad, transpose_kernel=True, use_consistent_padding=True),
+            lambda x, w: jax.lax.conv_transpose(x, w, (s,) * n, pad, transpose_kernel=True,
+                                                use_consistent_padding=True),
             lambda x, w: dlax.conv_transpose(x, w, (s,) * n, pad, transpose_kernel=True, use_consistent_padding=True),
             x, kernel),
     }
@@ -121,7 +122,7 @@ def torch_rows(repeats):
                                    rtol=1e-3, atol=1e-3)
         time.sleep(1.0)  # let JAX's thread pool settle before torch runs
 
-        def torch_ms(train):
+        def torch_ms(train, op=op, tx=tx, tw=tw, s=s, p=p):
             times = []
             for i in range(repeats + 1):
                 start = time.perf_counter()

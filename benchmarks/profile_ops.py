@@ -3,7 +3,7 @@
     python benchmarks/profile_ops.py A [--dtype float32] [--mode forward|train] [--layout NHWC]
                                        [--algorithm auto] [--calls 10] [--top 12]
 
-Runs the layer (a config of ``python -m jax_deconv bench``) ``--calls`` times under
+Runs the layer (a config of ``python benchmarks/run.py``) ``--calls`` times under
 ``jax.profiler``, reads the trace back with ``jax.profiler.ProfileData`` and prints the ops
 (XLA fusions, dots, GPU kernels) that took the most time per call, each with its result
 shape from the optimised HLO. Times are summed over threads, so on CPU they can add up to
@@ -22,8 +22,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from jax_deconv._bench import CONFIGS, _shapes, ours
+from suite import CONFIGS, _shapes, ours
 
 
 def op_times(fn, args, calls: int) -> collections.Counter:

@@ -1,11 +1,11 @@
-"""Run the benchmark suite; the same as ``python -m jax_deconv bench``.
+"""Run the benchmark suite (``benchmarks/suite.py``).
 
     python benchmarks/run.py --out benchmarks/results/cpu.jsonl --chart benchmarks/results/cpu.png
 """
 
 import sys
 
-from jax_deconv._bench import main
+from suite import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -9,8 +9,8 @@ from jax_deconv._conv_transpose import (
     conv_transpose_plan,
 )
 from jax_deconv._layer import ConvTranspose, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
-from jax_deconv._onnx import onnx_conv_transpose, onnx_to_dragon
 from jax_deconv._lowering import choose_algorithm
+from jax_deconv._onnx import onnx_conv_transpose, onnx_to_dragon
 from jax_deconv._plan import Plan
 from jax_deconv._sharding import conv_transpose_halo, halo_sizes
 from jax_deconv._types import ALGORITHMS, Algorithm, DataFormat, Padding

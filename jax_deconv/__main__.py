@@ -1,11 +1,11 @@
 """``python -m jax_deconv``: a self-check to run on new hardware.
 
-Prints the JAX version and device, runs the seed page's example, then checks a bundled set
+Prints the JAX version and device, runs Dragon's documentation example, then checks a bundled set
 of cases computed by the real Dragon 0.3.0 (``data/golden_selfcheck.npz``: every 10th case
 of the small golden set and every 8th of the large one) on the current backend: forward and
 the dx, dw, db of the VJP under the stored upstream gradient. Exit status 0 when all match.
 
-``python -m jax_deconv bench [...]`` runs the benchmark suite (see ``benchmarks/``).
+Benchmarks live outside the package, in the repository's ``benchmarks/`` folder.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +46,7 @@ def golden_cases(path: str = SELFCHECK_DATA):
         yield case, args, inputs, z[case + "_y"], z[case + "_gy"], grads
 
 
-def check_case(args, inputs, y_want, gy, grads_want, algorithm="auto") -> bool:
+def check_case(args, inputs, y_want, gy, grads_want, algorithm: Any = "auto") -> bool:
     """Forward and VJP of one golden case under ``jit``, within the golden tolerances."""
 
     @jax.jit
@@ -60,12 +61,18 @@ def check_case(args, inputs, y_want, gy, grads_want, algorithm="auto") -> bool:
     return bool(ok)
 
 
+def jaxlib_version() -> str:
+    import jaxlib
+
+    return getattr(jaxlib, "__version__", "?")
+
+
 def selfcheck(algorithm: str) -> int:
-    print(f"jax_deconv {jax_deconv.__version__}, jax {jax.__version__}, jaxlib {jax.lib.__version__}")
+    print(f"jax_deconv {jax_deconv.__version__}, jax {jax.__version__}, jaxlib {jaxlib_version()}")
     print(f"backend {jax.default_backend()}: {', '.join(str(d) for d in jax.devices())}")
     x, w = jnp.ones((1, 2, 2, 2, 2)), jnp.ones((2, 3, 1, 1, 1))
     y = jax_deconv.conv3d_transpose([x, w], kernel_shape=1, output_padding=(1, 1, 1), output_shape=(3, 3, 3))
-    print(f"seed example: conv3d_transpose -> shape {y.shape}, sum {float(y.sum())} (expected 48.0)")
+    print(f"Dragon documentation example: conv3d_transpose -> shape {y.shape}, sum {float(y.sum())} (expected 48.0)")
     seed_ok = y.shape == (1, 3, 3, 3, 3) and float(y.sum()) == 48.0
     matched = total = 0
     for name, args, inputs, y_want, gy, grads in golden_cases():
@@ -82,12 +89,13 @@ def selfcheck(algorithm: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["bench"]:
-        from jax_deconv import _bench
-
-        return _bench.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m jax_deconv", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algorithm", default="auto", choices=ALGORITHMS)
+    parser = argparse.ArgumentParser(
+        prog="python -m jax_deconv", description=(__doc__ or "").split("\n\n")[0],
+        epilog="The only command is the self-check; benchmarks are in the repository's benchmarks/ folder "
+        "(python benchmarks/run.py --help).",
+    )
+    parser.add_argument("--algorithm", default="auto", choices=ALGORITHMS,
+                        help="lowering to check (default: auto)")
     return selfcheck(parser.parse_args(argv).algorithm)
 
 

@@ -58,7 +58,9 @@ def as_floating(op: str, name: str, value: Any) -> jax.Array:
             f"got {type(value).__name__}: {str(e).splitlines()[0]}"
         ) from None
     if not _floating_with_zero(array.dtype):
-        raise TypeError(f"{op}: `{name}` must have {FLOATING}; got {array.dtype} (jax_deconv computes in floating point).")
+        raise TypeError(
+            f"{op}: `{name}` must have {FLOATING}; got {array.dtype} (jax_deconv computes in floating point)."
+        )
     return array
 
 
@@ -70,7 +72,7 @@ def static_sizes(op: str, name: str, value: Any) -> Any:
     if value is None or isinstance(value, (int, str)):
         return value
     items = list(value) if isinstance(value, (list, tuple)) else [value]
-    if any(isinstance(v, jax.core.Tracer) for v in items):
+    if any(isinstance(v, jax.core.Tracer) for v in items):  # pyright: ignore[reportAttributeAccessIssue]
         raise TypeError(
             f"{op}: `{name}` must be static (known at trace time): sizes decide the output shape, "
             f"so under `jax.jit` pass a Python int/tuple or mark the argument static "

@@ -10,13 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import jax
 import jax.numpy as jnp
 
 from jax_deconv._conv_transpose import _conv_transpose
-from jax_deconv._plan import _as_int, _choice, _is_int, _output_sizes, per_axis, resolve_pads
+from jax_deconv._plan import _as_int, _as_sequence, _choice, _is_int, _output_sizes, per_axis, resolve_pads
 from jax_deconv._types import ALGORITHMS, DATA_FORMATS, PADDINGS, Algorithm, DataFormat, Padding
 
 
@@ -83,7 +83,8 @@ class ConvTranspose:
         tuples of Python ints, ``pads`` as all begins then all ends, upper-case strings.
         """
         op = cls.__name__
-        n = cls.ndim if cls.ndim is not None else (1 if _is_int(kernel_shape) else len(kernel_shape))
+        n = cls.ndim if cls.ndim is not None else len(per_axis(op, "kernel_shape", kernel_shape, 1, 1) if _is_int(
+            kernel_shape) else _as_sequence(op, "kernel_shape", kernel_shape, "an int or a sequence of ints >= 1"))
         kernel = per_axis(op, "kernel_shape", kernel_shape, n, 1)
         in_channels = _as_int(op, "in_channels", in_channels, 1)
         out_channels = _as_int(op, "out_channels", out_channels, 1)
@@ -93,8 +94,8 @@ class ConvTranspose:
                 f"{op}: `group` (={group!r}) must divide in_channels (={in_channels}) and "
                 f"out_channels (={out_channels})."
             )
-        data_format = _choice(op, "data_format", data_format, DATA_FORMATS)
-        padding = _choice(op, "padding", padding, PADDINGS)
+        data_format = cast(DataFormat, _choice(op, "data_format", data_format, DATA_FORMATS))
+        padding = cast(Padding, _choice(op, "padding", padding, PADDINGS))
         if algorithm not in ALGORITHMS:
             raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
         begins, ends = resolve_pads(op, pads, n)

@@ -263,7 +263,8 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None) -> str:
     large dilations and strides far above the input's size cause (see
     ``jax_deconv._plan.phase_form_fits``); otherwise ``'gemm'`` on
     CPU while its im2col buffer (float32 for 16-bit inputs) stays within
-    ``GEMM_BUFFER_LIMIT_BYTES`` (256 MiB) and no axis has more than 64 phase taps, else ``'conv'``; ``'conv'`` on every other backend.
+    ``GEMM_BUFFER_LIMIT_BYTES`` (256 MiB) and no axis has more than 64 phase taps, else
+    ``'conv'``; ``'conv'`` on every other backend.
     Inside a computation ``'auto'`` does not ask for JAX's default backend: it stages both
     choices with ``lax.platform_dependent``, and the platform the computation is compiled for
     picks one (so a ``jax.export`` for several platforms runs ``'gemm'`` on CPU and ``'conv'``

@@ -30,10 +30,11 @@ This module imports no JAX at the top: :func:`onnx_to_dragon` is plain Python.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from jax_deconv._plan import _as_int, _choice, _output_sizes, check_shape, full_length, per_axis, resolve_pads
 from jax_deconv._types import AUTO_PADS, Algorithm, AutoPad
+
 _OP = "onnx_conv_transpose"
 
 
@@ -74,10 +75,9 @@ def onnx_to_dragon(
             f"{_OP}: `x` must have rank >= 3 (N, C, spatial...) and the weight rank {len(x_shape)}; "
             f"got x shape {x_shape} and weight shape {weight_shape}."
         )
-    if isinstance(auto_pad, bytes):
-        auto_pad = auto_pad.decode()
-    auto_pad = _choice(_OP, "auto_pad", auto_pad, AUTO_PADS)
-    if pads is not None and auto_pad != "NOTSET":
+    mode = _choice(_OP, "auto_pad", auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad, AUTO_PADS)
+    auto_pad = cast(AutoPad, mode)
+    if pads is not None and mode != "NOTSET":
         raise ValueError(
             f"{_OP}: `pads` cannot be used together with auto_pad={auto_pad!r} (ONNX's rule: explicit pads "
             f"need auto_pad='NOTSET'); got pads={pads!r}."

@@ -76,6 +76,7 @@ def _as_int(op: str, name: str, value: Any, minimum: int, maximum: int = MAX_ARG
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise _fail(op, name, value, kind, TypeError)
+    value = int(value)
     if value < minimum:
         raise _fail(op, name, value, kind)
     if value > maximum:

@@ -77,7 +77,7 @@ def under_explicit_sharding(apply, plan: Plan, x: jax.Array, w: jax.Array, b: ja
             out[i] = x_spec[i]
     out_sharding = jax.sharding.NamedSharding(mesh, P(*out))
     apply = functools.partial(apply, plan=plan)
-    return jax.sharding.auto_axes(apply, axes=axes, out_sharding=out_sharding)(x, w, b)
+    return jax.sharding.auto_axes(apply, axes=axes, out_sharding=out_sharding)(x, w, b)  # pyright: ignore
 
 
 def _spec_names(spec: Any) -> list[str]:

@@ -28,8 +28,8 @@ from jax import lax as _lax
 
 from jax_deconv._conv_transpose import _conv_transpose
 from jax_deconv._inputs import as_floating
-from jax_deconv._types import Algorithm
 from jax_deconv._plan import _as_int, _fail, crop_window, full_length, lax_string_crops, per_axis
+from jax_deconv._types import Algorithm
 
 __all__ = ["conv_transpose"]
 

@@ -1,4 +1,4 @@
-"""Direct-definition NumPy oracle for Dragon's conv_transpose, written from SEMANTICS.md.
+"""Direct-definition NumPy oracle for Dragon's conv_transpose, written from docs/semantics.md.
 
 It shares no code with jax_deconv: every size rule is re-derived here, and the output is built
 by scattering ``x[p] * w[q]`` to full position ``s*p + d*q`` one kernel tap at a time.

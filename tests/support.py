@@ -35,7 +35,7 @@ def load_golden(name: str) -> list:
     """``[(case_id, args, inputs, y, gy, grads)]`` from ``tests/data/<name>.npz``.
 
     Dragon reports the NHWC weight gradient under the NCHW weight shape with NHWC-ordered
-    data (SEMANTICS.md, bug 3), so ``dw`` is reshaped to the weight's own shape.
+    data (docs/semantics.md, bug 3), so ``dw`` is reshaped to the weight's own shape.
     """
     z = np.load(os.path.join(DATA, name + ".npz"))
     cases = []

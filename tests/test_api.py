@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import typing
 
 import pytest
 
@@ -15,7 +16,9 @@ DRAGON_DEFAULTS = dict(strides=1, pads=0, dilations=1, group=1, padding="VALID",
 @pytest.mark.parametrize("name", jax_deconv.__all__)
 def test_public_names_documented(name):
     obj = getattr(jax_deconv, name)
-    if callable(obj):
+    if typing.get_origin(obj) is typing.Literal:  # the option types: their values are the documentation
+        assert typing.get_args(obj), name
+    elif callable(obj):
         doc = inspect.getdoc(obj) or ""
         assert len(doc) > 80, name
         if inspect.isfunction(obj):
@@ -42,4 +45,4 @@ def test_self_check_command():
     out = subprocess.run([sys.executable, "-m", "jax_deconv"], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "Dragon golden cases" in out.stdout and "55/55 match" in out.stdout
-    assert "seed example: conv3d_transpose -> shape (1, 3, 3, 3, 3)" in out.stdout
+    assert "Dragon documentation example: conv3d_transpose -> shape (1, 3, 3, 3, 3)" in out.stdout

@@ -65,7 +65,7 @@ BAD = [
      r"`bias` must have shape \(C_out,\) = \(2,\); got \(3,\)"),
     (dict(inputs=[X.astype(np.int32), W]), TypeError, r"`x` must have a floating dtype .*; got int32"),
     (dict(inputs=[X, "w"]), TypeError, r"`weight` must .*"),
-    (dict(algorithm="fft"), ValueError, r"`algorithm` must be one of \('auto', 'conv', 'gemm'\); got 'fft'"),
+    (dict(algorithm="fft"), ValueError, r"`algorithm` must be one of \('auto', 'conv', 'gemm', 'taps'\); got 'fft'"),
 ]
 
 
@@ -76,7 +76,7 @@ def test_bad_input(kwargs, exc, pattern):
 
 
 def test_seed_page_weight_is_rejected_with_the_expected_shape():
-    """The seed page's (3, 2, 1, 1, 1) weight for C_in = 2 is a layout mismatch."""
+    """Dragon's documentation example's (3, 2, 1, 1, 1) weight for C_in = 2 is a layout mismatch."""
     x, w = jnp.ones((1, 2, 2, 2, 2)), jnp.ones((3, 2, 1, 1, 1))
     with pytest.raises(ValueError, match=r"`weight` must have shape \(C_in, C_out/group, \*kernel\) = "
                                          r"\(2, 'C_out/group', 1, 1, 1\) .* got \(3, 2, 1, 1, 1\)"):

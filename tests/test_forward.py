@@ -108,7 +108,7 @@ def test_preferred_element_type_and_precision():
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_kernel1_stride1_crop_gives_the_definition(layout, algorithm):
-    """Dragon's CPU kernel is wrong here (SEMANTICS.md bug 1); the definition is the answer."""
+    """Dragon's CPU kernel is wrong here (docs/semantics.md bug 1); the definition is the answer."""
     rng = np.random.default_rng(1)
     x_shape, w_shape = shapes(2, layout, 1, 3, (4, 5), (1, 1), 2)
     x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
@@ -131,7 +131,7 @@ def test_zero_tail_and_all_zero_window(algorithm):
 
 
 def test_worked_example_from_semantics():
-    """S=3, K=4, s=2: full length 8, output_shape=5, total=3 (SEMANTICS.md)."""
+    """S=3, K=4, s=2: full length 8, output_shape=5, total=3 (docs/semantics.md)."""
     x, w = np.ones((1, 1, 3)), np.ones((1, 1, 4))
     full = reference(x, w, kernel_shape=4, strides=2)[0, 0]
     assert full.shape == (8,)

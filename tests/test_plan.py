@@ -1,4 +1,4 @@
-"""Shape inference: rows worked out by hand from SEMANTICS.md, one comment per rule."""
+"""Shape inference: rows worked out by hand from docs/semantics.md, one comment per rule."""
 
 from __future__ import annotations
 

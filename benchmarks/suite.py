@@ -1,4 +1,4 @@
-"""Benchmark suite: ``python -m jax_deconv bench`` (or ``python benchmarks/run.py``).
+"""Benchmark suite: ``python benchmarks/run.py`` (``--help`` lists the options and configs).
 
 Realistic 1-D/2-D/3-D decoder layers, float32 and bfloat16, forward and forward+backward
 (``value_and_grad`` of a non-linear loss, so XLA cannot drop the forward), on whatever
@@ -371,8 +371,10 @@ def chart(rows: list[dict], path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m jax_deconv bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configs", nargs="*", default=[c.name for c in CONFIGS])
+    parser = argparse.ArgumentParser(prog="python benchmarks/run.py", description=__doc__.split("\n\n")[0])
+    listing = "; ".join(f"{c.name}: {c}" for c in CONFIGS)
+    parser.add_argument("--configs", nargs="*", default=[c.name for c in CONFIGS], choices=[c.name for c in CONFIGS],
+                        help=f"layers to time (default: all). {listing}")
     parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16"])
     parser.add_argument("--modes", nargs="*", default=["forward", "forward+backward"])
     parser.add_argument("--algorithms", nargs="*", default=["auto"], choices=jax_deconv.ALGORITHMS)
