@@ -24,7 +24,8 @@ if jax.device_count() < 8:
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from reference import reference
-from support import ALGORITHMS, assert_close
+from support import PHASE_ALGORITHMS as ALGORITHMS
+from support import assert_close, recipe
 
 from jax_deconv import conv_transpose, conv_transpose_halo, conv_transpose_plan, halo_sizes
 
@@ -191,3 +192,11 @@ def test_halo_sizes_and_errors():
 def halo_sizes_of(spatial, w_shape, args):
     plan = conv_transpose_plan((1, w_shape[0], *spatial), w_shape, **args)
     return halo_sizes(plan, 0)
+
+
+def test_readme_halo_recipe_on_8_devices():
+    """README's halo snippet, as written, on the 8 simulated devices: depth-sharded and exact."""
+    ns = recipe("halo")
+    y, x, w, b = ns["y"], ns["x"], ns["w"], ns["b"]
+    assert len(jax.devices()) == 8 and len(y.sharding.device_set) == 8
+    assert_close(y, conv_transpose([np.asarray(x), w, b], kernel_shape=4, strides=2, pads=1))

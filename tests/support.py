@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import jax.numpy as jnp
 import numpy as np
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 ALGORITHMS = ("conv", "gemm", "taps")
+PHASE_ALGORITHMS = ("conv", "gemm")  # the lowerings 'auto' picks for ordinary layers
+GOLDEN_FORWARD_TOL, GOLDEN_GRADIENT_TOL = 1e-4, 1e-3  # what Dragon's float32 cases are matched to
 
 # rtol = atol, relative to the scale of the output (see `assert_close`)
 TOLERANCE = {
@@ -101,3 +104,54 @@ def lax_case(seed: int, groups: int = 1):
     lhs = rng.standard_normal(_by_letters(lhs_spec, lhs_sizes))
     rhs = rng.standard_normal(_by_letters(rhs_spec, rhs_sizes))
     return lhs, rhs, kwargs
+
+
+README = os.path.join(os.path.dirname(DATA), os.pardir, "README.md")
+
+
+def recipe(name: str) -> dict:
+    """Run the fenced block after ``<!-- recipe: NAME -->`` in README.md as written; its namespace."""
+    with open(os.path.normpath(README), encoding="utf-8") as f:
+        text = f.read()
+    match = re.search(rf"<!-- recipe: {name} -->\n```python\n(.*?)```", text, re.S)
+    assert match, f"no recipe {name!r} in README.md"
+    namespace: dict = {}
+    exec(compile(match.group(1), f"README.md:{name}", "exec"), namespace)
+    return namespace
+
+
+def random_config(
+    rng: np.random.Generator, *, n: int | None = None, layout: str | None = None, explicit: bool | None = None,
+    max_size: int = 4, groups: tuple[int, ...] = (1, 1, 2, 3),
+) -> tuple[dict, tuple, tuple, int]:
+    """A random valid configuration over every argument: ``(kwargs, x_shape, w_shape, C_out)``.
+
+    Explicit pads (asymmetric, up to cropping all but one position) or automatic ones
+    (any ``padding`` with an ``output_shape`` up to the reachable maximum); ``None`` draws.
+    Small volumes under large, dilated kernels are as likely as ordinary ones.
+    """
+    n = int(rng.integers(1, 4)) if n is None else n
+    group = int(rng.choice(groups))
+    kernel = [int(v) for v in rng.integers(1, 5, n)]
+    strides = [int(v) for v in rng.integers(1, 4, n)]
+    dilations = [int(v) for v in rng.choice([1, 1, 2, 3], n)]
+    size = [int(v) for v in rng.integers(1, max_size + 1, n)]
+    layout = str(rng.choice(["NCHW", "NHWC"])) if layout is None else layout
+    cfg: dict = dict(kernel_shape=kernel, strides=strides, dilations=dilations, group=group, data_format=layout)
+    full = [s * (i - 1) + d * (k - 1) + 1 for s, i, d, k in zip(strides, size, dilations, kernel)]
+    extra = [int(v) for v in rng.integers(0, 3, n)] if rng.random() < 0.4 else [0] * n
+    if extra != [0] * n or rng.random() < 0.2:
+        cfg["output_padding"] = extra
+    if (rng.random() < 0.4) if explicit is None else explicit:
+        begin = [int(rng.integers(0, f + e)) for f, e in zip(full, extra)]
+        end = [int(rng.integers(0, f + e - b)) for f, e, b in zip(full, extra, begin)]
+        cfg["pads"] = begin + end
+    else:
+        cfg["padding"] = str(rng.choice(["VALID", "SAME", "SAME_UPPER", "SAME_LOWER"]))
+        cfg["output_shape"] = [int(rng.integers(1, f + e + 1)) for f, e in zip(full, extra)]
+    c_in, cg_out, batch = group * int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    if layout == "NCHW":
+        x_shape, w_shape = (batch, c_in, *size), (c_in, cg_out, *kernel)
+    else:
+        x_shape, w_shape = (batch, *size, c_in), (c_in, *kernel, cg_out)
+    return cfg, x_shape, w_shape, cg_out * group

@@ -21,36 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reference import reference
+from support import random_config
 
 from jax_deconv import conv_transpose
-
-
-def random_config(rng: np.random.Generator) -> tuple[dict, tuple, tuple, int]:
-    n = int(rng.integers(1, 4))
-    group = int(rng.choice([1, 1, 2, 3]))
-    kernel = [int(v) for v in rng.integers(1, 5, n)]
-    strides = [int(v) for v in rng.integers(1, 4, n)]
-    dilations = [int(v) for v in rng.choice([1, 1, 2, 3], n)]
-    size = [int(v) for v in rng.integers(1, 5, n)]
-    cfg = dict(kernel_shape=kernel, strides=strides, dilations=dilations, group=group,
-               data_format=str(rng.choice(["NCHW", "NHWC"])))
-    full = [s * (i - 1) + d * (k - 1) + 1 for s, i, d, k in zip(strides, size, dilations, kernel)]
-    extra = [int(v) for v in rng.integers(0, 3, n)] if rng.random() < 0.4 else [0] * n
-    if extra != [0] * n or rng.random() < 0.2:
-        cfg["output_padding"] = extra
-    if rng.random() < 0.4:  # explicit pads, asymmetric, up to cropping all but one position
-        begin = [int(rng.integers(0, f + e)) for f, e in zip(full, extra)]
-        end = [int(rng.integers(0, f + e - b)) for f, e, b in zip(full, extra, begin)]
-        cfg["pads"] = begin + end
-    else:
-        cfg["padding"] = str(rng.choice(["VALID", "SAME", "SAME_UPPER", "SAME_LOWER"]))
-        cfg["output_shape"] = [int(rng.integers(1, f + e + 1)) for f, e in zip(full, extra)]
-    c_in, cg_out, batch = group * int(rng.integers(1, 3)), int(rng.integers(1, 3)), int(rng.integers(1, 3))
-    if cfg["data_format"] == "NCHW":
-        x_shape, w_shape = (batch, c_in, *size), (c_in, cg_out, *kernel)
-    else:
-        x_shape, w_shape = (batch, *size, c_in), (c_in, *kernel, cg_out)
-    return cfg, x_shape, w_shape, cg_out * group
 
 
 def check(rng: np.random.Generator, cfg: dict, x_shape, w_shape, c_out: int, algorithm: str) -> bool:

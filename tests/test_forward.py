@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference import reference
-from support import ALGORITHMS, assert_close
+from support import ALGORITHMS, assert_close, random_config
 
 from jax_deconv import conv1d_transpose, conv2d_transpose, conv3d_transpose, conv_transpose
 
@@ -21,32 +21,15 @@ def shapes(n, layout, batch, c_in, size, kernel, cg_out):
 
 
 def random_case(seed: int):
-    """A random configuration drawn over every argument (explicit and automatic pads)."""
+    """A random configuration over every argument (explicit pads for odd seeds, automatic for even)."""
     rng = np.random.default_rng(seed)
-    n = 1 + seed % 3
-    layout = ("NCHW", "NHWC")[(seed // 3) % 2]
-    group = int(rng.choice([1, 2, 4]))
-    kernel = [int(v) for v in rng.integers(1, 5, n)]
-    strides = [int(v) for v in rng.integers(1, 4, n)]
-    dilations = [int(v) for v in rng.choice([1, 1, 2], n)]
-    size = [int(v) for v in rng.integers(1, 7, n)]
-    full = [s * (i - 1) + d * (k - 1) + 1 for s, i, d, k in zip(strides, size, dilations, kernel)]
-    args = dict(kernel_shape=kernel, strides=strides, dilations=dilations, group=group, data_format=layout)
-    if rng.random() < 0.5:
-        args["output_padding"] = [int(v) for v in rng.integers(0, 3, n)]
-    extra = args.get("output_padding", [0] * n)
-    if seed % 2:
-        begin = [int(rng.integers(0, f)) for f in full]
-        end = [int(rng.integers(0, f - b)) for f, b in zip(full, begin)]
-        args["pads"] = begin + end
-    else:
-        args["padding"] = str(rng.choice(["VALID", "SAME", "SAME_UPPER", "SAME_LOWER"]))
-        args["output_shape"] = [int(rng.integers(1, f + e + 1)) for f, e in zip(full, extra)]
-    c_in = group * int(rng.integers(1, 4))
-    x_shape, w_shape = shapes(n, layout, int(rng.integers(1, 3)), c_in, size, kernel, int(rng.integers(1, 4)))
+    args, x_shape, w_shape, c_out = random_config(
+        rng, n=1 + seed % 3, layout=("NCHW", "NHWC")[(seed // 3) % 2], explicit=bool(seed % 2), max_size=6,
+        groups=(1, 2, 4),
+    )
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
-    b = rng.standard_normal(group * w_shape[1 if layout == "NCHW" else -1]).astype(np.float32)
+    b = rng.standard_normal(c_out).astype(np.float32)
     return args, x, w, b
 
 

@@ -6,29 +6,14 @@ when the framework is absent.
 
 from __future__ import annotations
 
-import os
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference import reference
-from support import assert_close
+from support import assert_close, recipe
 
 from jax_deconv import ConvTranspose3d
-
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-
-
-def recipe(name: str) -> dict:
-    with open(README, encoding="utf-8") as f:
-        text = f.read()
-    match = re.search(rf"<!-- recipe: {name} -->\n```python\n(.*?)```", text, re.S)
-    assert match, f"no recipe {name!r} in README.md"
-    namespace: dict = {}
-    exec(compile(match.group(1), f"README.md:{name}", "exec"), namespace)
-    return namespace
 
 
 def teacher_problem():
@@ -93,3 +78,22 @@ def test_equinox_recipe_trains_with_optax():
         losses.append(float(loss))
     assert model(x).shape == target.shape
     assert losses[-1] < losses[0] / 5, losses[::10]
+
+
+def test_torch_weights_recipe_matches_torch():
+    torch = pytest.importorskip("torch")
+    ns = recipe("torch-weights")
+    with torch.no_grad():
+        want = ns["torch_layer"](ns["x"]).numpy()
+    assert ns["y"].shape == want.shape == (2, 4, 10, 10, 10)
+    assert_close(ns["y"], want)
+
+
+def test_halo_recipe_runs_as_written():
+    """On this process's devices (one, unless XLA_FLAGS gave more); 8 devices: multidevice_cases.py."""
+    from jax_deconv import conv3d_transpose
+
+    ns = recipe("halo")
+    x, w, b = ns["x"], ns["w"], ns["b"]
+    assert ns["y"].shape == (1, 4, 32, 16, 16)
+    assert_close(ns["y"], conv3d_transpose([x, w, b], kernel_shape=4, strides=2, pads=1))
