@@ -367,8 +367,12 @@ def run(configs, dtypes, modes, algorithms, budget_s, out_path, slow_limit_s) ->
                     rows.append(row)
                     extra = "" if r["compile_s"] is None else f"  compile {r['compile_s']:.2f}s"
                     mem = "" if not r["peak_bytes"] else f"  mem {r['peak_bytes'] / 2**20:.1f}MiB"
-                    ratio = (f"ours/this {row['ours_best_over_this']:.2f}" if "ours_best_over_this" in row
-                             else f"DISTURBED (spread {r['spread']:.0%}): no ratio")
+                    if "ours_best_over_this" in row:
+                        ratio = f"ours/this {row['ours_best_over_this']:.2f}"
+                    elif r["disturbed"]:
+                        ratio = f"DISTURBED (spread {r['spread']:.0%}): no ratio"
+                    else:
+                        ratio = "no ratio: our best row is disturbed"
                     print(f"    {name:24s} {r['ms']:9.3f} ms  {r['gflops']:8.1f} GFLOP/s  {ratio}{extra}{mem}",
                           flush=True)
                 if out_path:
