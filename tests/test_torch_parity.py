@@ -1,6 +1,6 @@
 """Parity with PyTorch's conv_transpose{1,2,3}d (same weight layout as Dragon NCHW).
 
-Skipped when torch is absent; CI installs the CPU build (``pip install torch==2.13.0``).
+Skipped when torch is absent; CI installs ``torch==2.13.0``.
 """
 
 from __future__ import annotations
