@@ -17,6 +17,7 @@ multiplied, no negative padding reaches XLA) and cropped or zero-extended.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +29,16 @@ from jax import lax as _lax
 
 from jax_deconv._conv_transpose import _conv_transpose
 from jax_deconv._inputs import as_floating
-from jax_deconv._plan import _as_int, _fail, crop_window, full_length, lax_string_crops, per_axis
+from jax_deconv._plan import (
+    MAX_ARGUMENT,
+    MAX_ELEMENTS,
+    _as_int,
+    _fail,
+    crop_window,
+    full_length,
+    lax_string_crops,
+    per_axis,
+)
 from jax_deconv._types import Algorithm
 
 __all__ = ["conv_transpose"]
@@ -199,6 +209,12 @@ def transpose_with_crops(
         x, layout = jnp.transpose(lhs, dn.lhs_spec), list(range(n + 2))
     out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
     shape_canonical = [lhs.shape[dn.lhs_spec[0]], c_out, *outs]
+    known = [d for d in shape_canonical if isinstance(d, int)]
+    if math.prod(known) > MAX_ELEMENTS:
+        raise ValueError(
+            f"{op}: the output would have shape {tuple(shape_canonical)} (N, C, spatial), {math.prod(known)} "
+            f"elements, more than the {MAX_ELEMENTS} any array may have; check `padding` and `strides`."
+        )
     if any(window is None for window in windows) or 0 in shape_canonical:
         y = jnp.zeros([shape_canonical[c] for c in layout], out_dtype)
     else:
@@ -298,6 +314,8 @@ def _pairs(op: str, value: Any, n: int) -> list[tuple[int, int]]:
             or any(isinstance(p, bool) or not isinstance(p, numbers.Integral) for p in pair)
         ):
             raise _fail(op, "padding", value, allowed, ValueError)
+        if max(abs(int(p)) for p in pair) > MAX_ARGUMENT:
+            raise _fail(op, "padding", value, f"{allowed}, each of magnitude <= {MAX_ARGUMENT}", ValueError)
         pairs.append((int(pair[0]), int(pair[1])))
     return pairs
 

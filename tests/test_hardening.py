@@ -265,3 +265,17 @@ def test_exports_for_every_platform(algorithm):
 
 def test_package_names_every_algorithm():
     assert jax_deconv.ALGORITHMS == ("auto", "conv", "gemm", "taps")
+
+
+@pytest.mark.parametrize(
+    "padding,pattern",
+    [
+        (((-(2**40), 0), (0, 0)), r"`padding` must be .* each of magnitude <= 2147483647"),
+        (((0, 2**31 - 1), (0, 2**31 - 1)), r"the output would have shape \(1, 3, 2147483652, 2147483652\)"),
+    ],
+)
+def test_lax_dropin_refuses_huge_padding_by_name(padding, pattern):
+    from jax_deconv import lax as dlax
+
+    with pytest.raises(ValueError, match=r"jax_deconv.lax.conv_transpose: " + pattern):
+        dlax.conv_transpose(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3)), (2, 2), padding)
