@@ -24,8 +24,8 @@ Algorithms (``algorithm=``):
             multiplied and accumulated in float32 (XLA:CPU's 16-bit dots are 2x slower) and
             the result rounded once. Its buffer is ``prod(taps)`` times the (cropped, padded)
             input, in float32.
-``'taps'``  the definition itself, one matrix product per kernel tap spread into the output
-            by ``lax.pad`` (interior padding): no phase form, so no buffer beyond y and no zero
+``'taps'``  the definition itself, one matrix product per kernel tap added in place into
+            the output's phase view: no phase kernel, buffers about the size of y, no zero
             ever multiplied (non-finite inputs propagate exactly as the definition says); slow
             for large kernels, right for large dilations or strides above the input's size.
 ``'auto'``  ``'gemm'`` on CPU while that buffer stays under 256 MiB, else ``'conv'``; ``'taps'``
@@ -179,43 +179,62 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred) -> jax.Array:
 
 
 def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
-    """The definition, one kernel tap at a time: no phase form, no zero ever multiplied.
+    """The definition, one kernel tap at a time: no phase kernel, no zero ever multiplied.
 
-    Tap ``q`` sends input position ``p`` to output position ``s*p + d*q - pad_begin``: the
-    inputs that land inside ``[0, O)`` are sliced out, multiplied by the tap's
-    ``(C_in/G, C_out/G)`` matrix, and spread into the output by a non-negative ``lax.pad``
-    with interior padding ``s - 1``. Buffers never exceed y, whatever the strides and
-    dilations; the work is exactly the definition's.
+    Tap ``q`` sends input position ``p`` to output position ``s*p + d*q - pad_begin``. Each
+    tap's product ``x[p0:p1] . w[q]`` (only the inputs that land inside ``[0, O)``) is added
+    into one box of an accumulator with ``dynamic_update_slice``, which XLA performs in place,
+    so the buffers stay about the size of y however many taps there are, and the work is the
+    definition's. Along an axis with ``1 < s < O`` a tap's positions are ``s`` apart, so that
+    axis is accumulated in phase space, ``(M, s)`` rows by phases (the plan's phase rows;
+    position ``s*m + r`` is row ``m`` of phase ``r``), where they are contiguous; along the
+    other axes (``s = 1``, or ``s >= O`` where a tap reaches at most one position) directly.
     """
     n, g = plan.ndim, plan.group
     cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
+    phases = plan.phases
     if plan.data_format == "NCHW":  # x -> (N, G, Cg_in, S...), w -> (G, Cg_in, Cg_out, K...)
         x = x.reshape(plan.batch, g, cg_in, *plan.in_spatial)
         w = w.reshape(g, cg_in, cg_out, *plan.kernel)
     else:
         x = jnp.moveaxis(x.reshape(plan.batch, *plan.in_spatial, g, cg_in), (n + 1, n + 2), (1, 2))
         w = jnp.moveaxis(w.reshape(g, cg_in, *plan.kernel, cg_out), -1, 2)
-    y = None
+    dtype = preferred or jnp.result_type(x, w)
+    phased = [1 < p.stride < p.out for p in phases]
+    dims = []
+    for p, ph in zip(phases, phased):
+        dims += [p.m_end - p.m_begin, p.stride] if ph else [p.out]
+    acc = jnp.zeros((g, plan.batch, *dims, cg_out), dtype)
     for tap in np.ndindex(*plan.kernel):
-        start, limit, config = [], [], []
-        for i in range(n):
-            s, d, begin, out = plan.strides[i], plan.dilations[i], plan.pad_begin[i], plan.out_spatial[i]
-            shift = d * tap[i] - begin  # output position of input 0
-            p0, p1 = max(0, -(shift // s)), min(plan.in_spatial[i], (out - 1 - shift) // s + 1)
+        start, limit, box, sizes = [], [], [], []
+        for i, (p, ph) in enumerate(zip(phases, phased)):
+            s, reach, size = p.stride, plan.dilations[i] * int(tap[i]), plan.in_spatial[i]
+            if ph:  # input position 0 lands in row `shift` of phase `reach % s`
+                shift = reach // s - p.m_begin
+                p0, p1 = max(0, -shift), min(size, p.m_end - p.m_begin - shift)
+                box += [p0 + shift, reach % s]
+                sizes += [p1 - p0, 1]
+            else:  # input position 0 lands at output position `shift`
+                shift = reach - plan.pad_begin[i]
+                p0, p1 = max(0, -(shift // s)), min(size, (p.out - 1 - shift) // s + 1)
+                box.append(s * p0 + shift)
+                sizes.append(p1 - p0)
             start.append(p0)
             limit.append(p1)
-            config.append((shift + s * p0, out - (shift + s * (p1 - 1) + 1), s - 1))
         if any(p1 <= p0 for p0, p1 in zip(start, limit)):
             continue
         xs = lax.slice(x, [0, 0, 0, *start], [x.shape[0], g, cg_in, *limit])
         wq = w[(slice(None),) * 3 + tuple(int(t) for t in tap)]
         part = lax.dot_general(  # (G, N, S'..., Cg_out)
             xs, wq, (((2,), (1,)), ((1,), (0,))), precision=precision, preferred_element_type=preferred
-        )
-        part = lax.pad(part, jnp.zeros((), part.dtype), [(0, 0, 0), (0, 0, 0), *config, (0, 0, 0)])
-        y = part if y is None else y + part
-    if y is None:
-        y = jnp.zeros((g, plan.batch, *plan.out_spatial, cg_out), preferred or x.dtype)
+        ).astype(dtype)
+        part = part.reshape(g, plan.batch, *sizes, cg_out)
+        index = [0, 0, *box, 0]
+        acc = lax.dynamic_update_slice(acc, lax.dynamic_slice(acc, index, part.shape) + part, index)
+    interleaved = [(p.m_end - p.m_begin) * p.stride if ph else p.out for p, ph in zip(phases, phased)]
+    y = acc.reshape(g, plan.batch, *interleaved, cg_out)
+    begin = [p.offset if ph else 0 for p, ph in zip(phases, phased)]
+    y = lax.slice(y, [0, 0, *begin, 0], [g, plan.batch, *(b + p.out for b, p in zip(begin, phases)), cg_out])
     if plan.data_format == "NCHW":
         y = jnp.moveaxis(y, (0, n + 2), (1, 2))  # (N, G, Cg_out, O...)
         return y.reshape(plan.out_shape)
