@@ -24,8 +24,8 @@ Algorithms (``algorithm=``):
             multiplied and accumulated in float32 (XLA:CPU's 16-bit dots are 2x slower) and
             the result rounded once. Its buffer is ``prod(taps)`` times the (cropped, padded)
             input, in float32.
-``'taps'``  the definition itself, one matrix product per kernel tap added in place into
-            the output's phase view: no phase kernel, buffers about the size of y, no zero
+``'taps'``  the definition itself, one matrix product per kernel tap scatter-added in place
+            into the output: no phase kernel, buffers about the size of y, no zero
             ever multiplied (non-finite inputs propagate exactly as the definition says); slow
             for large kernels, right for large dilations or strides above the input's size.
 ``'auto'``  ``'gemm'`` on CPU while that buffer stays under 256 MiB, else ``'conv'``; ``'taps'``
@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jax_deconv._plan import Plan, phase_buffer_elements, phase_form_fits
+from jax_deconv._plan import Plan, phase_buffer_elements, phase_form_fits, phase_form_limit
 from jax_deconv._types import ALGORITHMS
 
 GEMM_BUFFER_LIMIT_BYTES = 256 * 2**20
@@ -182,13 +182,14 @@ def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
     """The definition, one kernel tap at a time: no phase kernel, no zero ever multiplied.
 
     Tap ``q`` sends input position ``p`` to output position ``s*p + d*q - pad_begin``. Each
-    tap's product ``x[p0:p1] . w[q]`` (only the inputs that land inside ``[0, O)``) is added
-    into one box of an accumulator with ``dynamic_update_slice``, which XLA performs in place,
-    so the buffers stay about the size of y however many taps there are, and the work is the
-    definition's. Along an axis with ``1 < s < O`` a tap's positions are ``s`` apart, so that
-    axis is accumulated in phase space, ``(M, s)`` rows by phases (the plan's phase rows;
-    position ``s*m + r`` is row ``m`` of phase ``r``), where they are contiguous; along the
-    other axes (``s = 1``, or ``s >= O`` where a tap reaches at most one position) directly.
+    tap's product ``x[p0:p1] . w[q]`` (only the inputs that land inside ``[0, O)``) is
+    scatter-added into one box of an accumulator, in place, so the buffers stay about the size
+    of y however many taps there are (and the backward slices each tap's box out of the
+    cotangent), and the work is the definition's. Along an axis with ``1 < s < O`` a tap's
+    positions are ``s`` apart, so that axis is accumulated in phase space, ``(M, s)`` rows by
+    phases (the plan's phase rows; position ``s*m + r`` is row ``m`` of phase ``r``), where
+    they are contiguous; along the other axes (``s = 1``, or ``s >= O`` where a tap reaches at
+    most one position) directly.
     """
     n, g = plan.ndim, plan.group
     cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
@@ -229,8 +230,9 @@ def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
             xs, wq, (((2,), (1,)), ((1,), (0,))), precision=precision, preferred_element_type=preferred
         ).astype(dtype)
         part = part.reshape(g, plan.batch, *sizes, cg_out)
-        index = [0, 0, *box, 0]
-        acc = lax.dynamic_update_slice(acc, lax.dynamic_slice(acc, index, part.shape) + part, index)
+        # scatter-add of one box: its transpose is a plain slice of the cotangent (a
+        # dynamic_update_slice chain would transpose into a full-size add per tap)
+        acc = acc.at[(slice(None), slice(None), *(slice(b, b + z) for b, z in zip(box, sizes)))].add(part)
     interleaved = [(p.m_end - p.m_begin) * p.stride if ph else p.out for p, ph in zip(phases, phased)]
     y = acc.reshape(g, plan.batch, *interleaved, cg_out)
     begin = [p.offset if ph else 0 for p, ph in zip(phases, phased)]
@@ -315,4 +317,14 @@ def bind(op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any) ->
         raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
     if isinstance(precision, list):  # static arguments must be hashable
         precision = tuple(precision)
+    sizes = (*plan.in_spatial, *plan.out_spatial, plan.in_channels, plan.out_channels)
+    if all(isinstance(v, int) for v in sizes):  # symbolic sizes: XLA checks them when they are known
+        runs = {algorithm} if algorithm != "auto" else {choose_algorithm(plan, "float32", b) for b in ("cpu", "gpu")}
+        for name in sorted(runs - {"taps"}):
+            reason = phase_form_limit(plan, im2col=name == "gemm")
+            if reason is not None:
+                raise ValueError(
+                    f"{op}: algorithm={algorithm!r} would build {reason}, more than XLA can index; "
+                    f"algorithm='taps' computes this call with buffers about the size of the output."
+                )
     return functools.partial(apply, algorithm=algorithm, precision=precision, preferred=preferred)

@@ -509,10 +509,26 @@ MAX_TAPS = 4096
 """The per-tap lowering unrolls one matrix product per kernel tap: at most this many."""
 
 
+def phase_form_limit(plan: Plan, *, im2col: bool) -> str | None:
+    """Why the phase form cannot be built for ``plan`` (a buffer or dimension XLA cannot
+    index), or None. ``im2col``: count the GEMM lowering's im2col buffer too."""
+    sizes = {
+        "a phase-form buffer (phase kernel, padded input or interleaved output)": phase_form_elements(plan),
+        "an im2col buffer": phase_buffer_elements(plan) if im2col else 0,
+    }
+    for what, elements in sizes.items():
+        if elements > MAX_ELEMENTS:
+            return f"{what} of {elements} elements (limit {MAX_ELEMENTS})"
+    features = math.prod(plan.strides) * plan.out_channels
+    if features > MAX_ARGUMENT:
+        return f"prod(strides) * C_out = {features} phase channels (limit {MAX_ARGUMENT})"
+    return None
+
+
 def phase_form_fits(plan: Plan) -> bool:
     """Whether the phase lowerings stay within budget (see :data:`PHASE_BUDGET`)."""
-    if math.prod(plan.kernel) > MAX_TAPS:
-        return True
+    if math.prod(plan.kernel) > MAX_TAPS:  # too many taps to unroll: the phase form if it can be built
+        return phase_form_limit(plan, im2col=False) is None
     buffers_fit = phase_form_elements(plan) <= PHASE_BUDGET * call_elements(plan) + 2**20
     work_fits = phase_form_macs(plan) <= PHASE_BUDGET // 2 * definition_macs(plan) + 2**16
     return buffers_fit and work_fits

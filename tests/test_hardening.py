@@ -22,6 +22,7 @@ from jax_deconv import (
     choose_algorithm,
     conv1d_transpose,
     conv2d_transpose,
+    conv3d_transpose,
     conv_transpose,
     conv_transpose_halo,
     conv_transpose_plan,
@@ -279,3 +280,16 @@ def test_lax_dropin_refuses_huge_padding_by_name(padding, pattern):
 
     with pytest.raises(ValueError, match=r"jax_deconv.lax.conv_transpose: " + pattern):
         dlax.conv_transpose(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 3)), (2, 2), padding)
+
+
+@pytest.mark.parametrize("algorithm", ["conv", "gemm"])
+def test_explicit_phase_lowering_refuses_what_xla_cannot_index(algorithm):
+    """Stride 2000 on a 1-voxel 3-D input: the phase form needs 2000**3 * C_out phase channels
+    (under 'gemm' XLA aborted the process on an int32 overflow); refused by name, and 'auto'
+    computes it with 'taps'."""
+    x, w = np.ones((1, 8, 1, 1, 1), np.float32), np.ones((8, 8, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=rf"conv3d_transpose: algorithm='{algorithm}' would build prod\(strides\) "
+                                         r"\* C_out = 64000000000 phase channels .* algorithm='taps'"):
+        conv3d_transpose([x, w], kernel_shape=3, strides=2000, algorithm=algorithm)
+    y = conv3d_transpose([x, w], kernel_shape=3, strides=2000)
+    np.testing.assert_array_equal(y, reference(x, w, kernel_shape=3, strides=2000))
