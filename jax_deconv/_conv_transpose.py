@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 from jax import lax
 
-from jax_deconv._inputs import check_preferred, static_sizes, unpack_inputs
+from jax_deconv._inputs import check_preferred, promote, static_sizes, unpack_inputs
 from jax_deconv._lowering import bind
 from jax_deconv._plan import Plan, check_shape, make_plan
 from jax_deconv._sharding import under_explicit_sharding
@@ -51,9 +50,7 @@ def _conv_transpose(
         op=op, ndim=ndim,
     )
     apply = bind(op, plan, algorithm, precision, check_preferred(op, preferred_element_type))
-    dtype = jnp.result_type(*(a for a in (x, w, b) if a is not None))
-    x, w, b = x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype)
-    return under_explicit_sharding(apply, plan, x, w, b)
+    return under_explicit_sharding(apply, plan, *promote(x, w, b))
 
 
 def conv_transpose(

@@ -64,6 +64,14 @@ def as_floating(op: str, name: str, value: Any) -> jax.Array:
     return array
 
 
+def promote(
+    x: jax.Array, w: jax.Array, b: jax.Array | None
+) -> tuple[jax.Array, jax.Array, jax.Array | None]:
+    """``x``, ``weight`` and ``bias`` in their common floating dtype."""
+    dtype = jnp.result_type(*(a for a in (x, w, b) if a is not None))
+    return x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype)
+
+
 def static_sizes(op: str, name: str, value: Any) -> Any:
     """Sizes (``output_shape``, ``strides``...) as host values; traced values are refused.
 

@@ -83,8 +83,10 @@ class ConvTranspose:
         tuples of Python ints, ``pads`` as all begins then all ends, upper-case strings.
         """
         op = cls.__name__
-        n = cls.ndim if cls.ndim is not None else len(per_axis(op, "kernel_shape", kernel_shape, 1, 1) if _is_int(
-            kernel_shape) else _as_sequence(op, "kernel_shape", kernel_shape, "an int or a sequence of ints >= 1"))
+        n = cls.ndim
+        if n is None:  # the generic layer: as many spatial axes as kernel_shape has entries
+            allowed = "an int or a sequence of ints >= 1"
+            n = 1 if _is_int(kernel_shape) else len(_as_sequence(op, "kernel_shape", kernel_shape, allowed))
         kernel = per_axis(op, "kernel_shape", kernel_shape, n, 1)
         in_channels = _as_int(op, "in_channels", in_channels, 1)
         out_channels = _as_int(op, "out_channels", out_channels, 1)

@@ -36,7 +36,7 @@ from typing import Any
 import jax
 from jax import lax
 
-from jax_deconv._inputs import check_preferred, static_sizes, unpack_inputs
+from jax_deconv._inputs import check_preferred, promote, static_sizes, unpack_inputs
 from jax_deconv._lowering import bind
 from jax_deconv._plan import Plan, _as_int, full_length, make_plan
 from jax_deconv._types import Algorithm, DataFormat, Padding
@@ -204,6 +204,5 @@ def conv_transpose_halo(
         plan, in_spatial=tuple(in_spatial), pad_begin=tuple(begins), pad_end=tuple(ends),
         out_spatial=tuple(out_spatial),
     )
-    dtype = jax.numpy.result_type(*(a for a in (window, w, b) if a is not None))
-    window, w = window.astype(dtype), w.astype(dtype)
-    return apply(window, w, None if b is None else b.astype(dtype), plan=local_plan)
+    window, w, b = promote(window, w, b)
+    return apply(window, w, b, plan=local_plan)
