@@ -49,8 +49,9 @@ def _conv_transpose(
         x.shape, w.shape, None if b is None else b.shape, **sizes, padding=padding, data_format=data_format,
         op=op, ndim=ndim,
     )
-    apply = bind(op, plan, algorithm, precision, check_preferred(op, preferred_element_type))
-    return under_explicit_sharding(apply, plan, *promote(x, w, b))
+    x, w, b = promote(x, w, b)
+    apply = bind(op, plan, algorithm, precision, check_preferred(op, preferred_element_type), x.dtype)
+    return under_explicit_sharding(apply, plan, x, w, b)
 
 
 def conv_transpose(

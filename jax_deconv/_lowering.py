@@ -311,15 +311,18 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None) -> str:
     return "conv"
 
 
-def bind(op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any) -> functools.partial:
-    """``apply`` with its static arguments checked and fixed; call it as ``f(x, w, b, plan=plan)``."""
+def bind(op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any, dtype: Any) -> functools.partial:
+    """``apply`` with its static arguments checked and fixed; call it as ``f(x, w, b, plan=plan)``.
+
+    ``dtype``: the inputs' common dtype, from which ``'auto'`` chooses exactly as ``apply`` will.
+    """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
     if isinstance(precision, list):  # static arguments must be hashable
         precision = tuple(precision)
     sizes = (*plan.in_spatial, *plan.out_spatial, plan.in_channels, plan.out_channels)
     if all(isinstance(v, int) for v in sizes):  # symbolic sizes: XLA checks them when they are known
-        runs = {algorithm} if algorithm != "auto" else {choose_algorithm(plan, "float32", b) for b in ("cpu", "gpu")}
+        runs = {algorithm} if algorithm != "auto" else {choose_algorithm(plan, dtype, b) for b in ("cpu", "gpu")}
         for name in sorted(runs - {"taps"}):
             reason = phase_form_limit(plan, im2col=name == "gemm")
             if reason is not None:

@@ -177,7 +177,8 @@ def conv_transpose_halo(
         output_padding=static_sizes(_OP, "output_padding", output_padding),
         output_shape=static_sizes(_OP, "output_shape", output_shape), data_format=data_format, op=_OP,
     )
-    apply = bind(_OP, plan, algorithm, precision, check_preferred(_OP, preferred_element_type))
+    x, w, b = promote(x, w, b)
+    apply = bind(_OP, plan, algorithm, precision, check_preferred(_OP, preferred_element_type), x.dtype)
     s, local = plan.strides[axis], x.shape[array_axis]
     if plan.out_spatial[axis] != s * plan.in_spatial[axis]:
         raise ValueError(
@@ -204,5 +205,4 @@ def conv_transpose_halo(
         plan, in_spatial=tuple(in_spatial), pad_begin=tuple(begins), pad_end=tuple(ends),
         out_spatial=tuple(out_spatial),
     )
-    window, w, b = promote(window, w, b)
     return apply(window, w, b, plan=local_plan)
