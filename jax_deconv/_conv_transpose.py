@@ -37,6 +37,7 @@ def _conv_transpose(
     precision: Any,
     preferred_element_type: Any,
     algorithm: Any,
+    max_buffer_bytes: Any = None,
 ) -> jax.Array:
     x, w, b = unpack_inputs(op, inputs)
     sizes = {
@@ -50,7 +51,7 @@ def _conv_transpose(
         op=op, ndim=ndim,
     )
     x, w, b = promote(x, w, b)
-    apply = bind(op, plan, algorithm, precision, check_preferred(op, preferred_element_type), x.dtype)
+    apply = bind(op, plan, algorithm, precision, check_preferred(op, preferred_element_type), x.dtype, max_buffer_bytes)
     return under_explicit_sharding(apply, plan, x, w, b)
 
 
@@ -69,6 +70,7 @@ def conv_transpose(
     precision: lax.PrecisionLike = None,
     preferred_element_type: Any = None,
     algorithm: Algorithm = "auto",
+    max_buffer_bytes: int | None = None,
 ) -> jax.Array:
     """Dragon's N-d transposed convolution (``dragon.nn.conv_transpose``), exactly.
 
@@ -110,8 +112,13 @@ def conv_transpose(
       data_format: ``'NCHW'`` (channels first) or ``'NHWC'`` (channels last).
       precision: passed to ``lax.conv_general_dilated`` / ``lax.dot_general``.
       preferred_element_type: accumulation and output dtype, passed likewise.
-      algorithm: ``'auto'``, ``'conv'`` or ``'gemm'`` (see the module docstring); every one
-        gives the same answer.
+      algorithm: ``'auto'``, ``'conv'``, ``'gemm'`` or ``'taps'`` (README, "How it is
+        computed"; :func:`choose_algorithm` says what ``'auto'`` picks); every one gives the
+        same answer, up to rounding.
+      max_buffer_bytes: the largest im2col buffer ``'gemm'`` may build at once (bytes,
+        forward and backward; default 32 MiB): past it, ``'gemm'`` works in steps along the
+        first spatial axis, and ``'auto'`` takes ``'conv'`` when even one step (one phase
+        row) would not fit. ``'conv'`` and ``'taps'`` build no im2col.
 
     Returns:
       ``y`` with the shape in the table above.
@@ -134,6 +141,7 @@ def conv_transpose(
     return _conv_transpose(
         "conv_transpose", None, inputs, kernel_shape, strides, pads, dilations, group, padding,
         output_padding, output_shape, data_format, precision, preferred_element_type, algorithm,
+        max_buffer_bytes,
     )
 
 
@@ -155,10 +163,12 @@ def _fixed_rank(ndim: int, example: str):
         precision: lax.PrecisionLike = None,
         preferred_element_type: Any = None,
         algorithm: Algorithm = "auto",
+        max_buffer_bytes: int | None = None,
     ) -> jax.Array:
         return _conv_transpose(
             op, ndim, inputs, kernel_shape, strides, pads, dilations, group, padding,
             output_padding, output_shape, data_format, precision, preferred_element_type, algorithm,
+            max_buffer_bytes,
         )
 
     wrapper.__name__ = wrapper.__qualname__ = op

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_deconv._conv_transpose import _conv_transpose
+from jax_deconv._cost import check_max_buffer_bytes
 from jax_deconv._plan import _as_int, _as_sequence, _choice, _is_int, _output_sizes, per_axis, resolve_pads
 from jax_deconv._types import ALGORITHMS, DATA_FORMATS, PADDINGS, Algorithm, DataFormat, Padding
 
@@ -49,6 +50,7 @@ class ConvTranspose:
     output_shape: tuple[int, ...] | None = None
     data_format: DataFormat = "NCHW"
     algorithm: Algorithm = "auto"
+    max_buffer_bytes: int | None = None
 
     ndim: ClassVar[int | None] = None  # fixed by ConvTranspose1d/2d/3d; else len(kernel_shape)
 
@@ -71,6 +73,7 @@ class ConvTranspose:
         use_bias: bool = True,
         dtype: Any = jnp.float32,
         algorithm: Algorithm = "auto",
+        max_buffer_bytes: int | None = None,
     ) -> ConvTranspose:
         """PyTorch's default initialisation (``nn.ConvTranspose*d.reset_parameters``).
 
@@ -100,6 +103,7 @@ class ConvTranspose:
         padding = cast(Padding, _choice(op, "padding", padding, PADDINGS))
         if algorithm not in ALGORITHMS:
             raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
+        budget = check_max_buffer_bytes(op, max_buffer_bytes)
         begins, ends = resolve_pads(op, pads, n)
         output_padding_ = _output_sizes(op, "output_padding", output_padding, n, 0)
         output_shape_ = _output_sizes(op, "output_shape", output_shape, n, 1)
@@ -116,7 +120,7 @@ class ConvTranspose:
             weight=weight, bias=bias, kernel_shape=kernel, strides=per_axis(op, "strides", strides, n, 1),
             pads=begins + ends, dilations=per_axis(op, "dilations", dilations, n, 1), group=group,
             padding=padding, output_padding=output_padding_, output_shape=output_shape_,
-            data_format=data_format, algorithm=algorithm,
+            data_format=data_format, algorithm=algorithm, max_buffer_bytes=budget,
         )
 
     def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
@@ -133,6 +137,7 @@ class ConvTranspose:
         return _conv_transpose(
             op, n, inputs, self.kernel_shape, self.strides, self.pads, self.dilations, self.group, self.padding,
             self.output_padding, self.output_shape, self.data_format, None, None, self.algorithm,
+            self.max_buffer_bytes,
         )
 
 

@@ -22,15 +22,17 @@ Algorithms (``algorithm=``):
             groups (groups lead, so no operand is transposed); the choice on CPU, where dots
             reach a fast GEMM and XLA's 3-D convolution does not. 16-bit inputs are
             multiplied and accumulated in float32 (XLA:CPU's 16-bit dots are 2x slower) and
-            the result rounded once. Its buffer is ``prod(taps)`` times the (cropped, padded)
-            input, in float32.
+            the result rounded once. Its im2col is ``prod(taps)`` times the (cropped, padded)
+            input, in float32; above 32 MiB (or ``max_buffer_bytes``) it steps through the
+            first spatial axis (``lax.map``), each step's im2col rebuilt in the backward
+            (``jax.checkpoint``) rather than kept, so it holds one step's im2col at a time.
 ``'taps'``  the definition itself, one matrix product per kernel tap scatter-added in place
             into the output: no phase kernel, buffers about the size of y, no zero
             ever multiplied (non-finite inputs propagate exactly as the definition says); slow
             for large kernels, right for large dilations or strides above the input's size.
-``'auto'``  ``'gemm'`` on CPU while that buffer stays under 256 MiB, else ``'conv'``; ``'taps'``
-            where the phase form's buffers would be out of proportion to the call; chosen
-            by the platform the computation is compiled for (see :func:`choose_algorithm`).
+``'auto'``  chosen from the cost estimates of ``_cost.py`` per platform (see
+            :func:`choose_algorithm`): ``'gemm'`` on CPU, ``'conv'`` elsewhere, ``'taps'``
+            where the phase form's buffers or work would be out of proportion to the call.
 """
 
 
@@ -46,11 +48,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jax_deconv._plan import Plan, phase_buffer_elements, phase_form_fits, phase_form_limit
+from jax_deconv._cost import check_max_buffer_bytes, choose, gemm_row_bytes, gemm_slab, phase_form_limit
+from jax_deconv._plan import Plan
 from jax_deconv._types import ALGORITHMS
-
-GEMM_BUFFER_LIMIT_BYTES = 256 * 2**20
-GEMM_MAX_TAPS = 64  # im2col unrolls one slice per tap and axis
 
 
 def _phase_kernel(w: jax.Array, plan: Plan, order: Sequence[str]) -> jax.Array:
@@ -143,10 +143,23 @@ def _lower_conv(x, w, plan: Plan, precision, preferred) -> jax.Array:
     return _shuffle(y, names, plan)
 
 
-def _lower_gemm(x, w, plan: Plan, precision, preferred) -> jax.Array:
+def _im2col(x: jax.Array, plan: Plan, rows: Sequence[int]) -> jax.Array:
+    """(G, N, P1..Pn, Cg_in) padded input -> (G, N, M1..Mn, prod(T), Cg_in) phase patches.
+
+    One axis at a time (``sum(taps)`` slices, not ``prod(taps)``); ``rows[i]`` phase rows on axis i.
+    """
+    n = plan.ndim
+    for i, p in enumerate(plan.phases):
+        cols = [lax.slice_in_dim(x, p.dilation * j, p.dilation * j + rows[i], axis=2 + i) for j in range(p.taps)]
+        x = jnp.stack(cols, axis=2 + n + i)
+    return x.reshape(*x.shape[: 2 + n], -1, x.shape[-1])
+
+
+def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0) -> jax.Array:
+    """``slab``: phase rows of the first spatial axis per step (0: all at once); see ``slab_rows``."""
     if jnp.dtype(x.dtype).itemsize < 4:  # 16-bit inputs: multiply and accumulate in float32
         x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
-        return _lower_gemm(x32, w32, plan, precision, None).astype(preferred or x.dtype)
+        return _lower_gemm(x32, w32, plan, precision, None, slab).astype(preferred or x.dtype)
     n, g = plan.ndim, plan.group
     phases = plan.phases
     cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
@@ -159,20 +172,28 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred) -> jax.Array:
         x = jnp.transpose(x, [n + 1, 0, *range(1, n + 1), n + 2])
     x = _crop_and_pad(x, plan, list(range(2, n + 2)))
     m = [p.m_end - p.m_begin for p in phases]
-    # im2col one axis at a time (sum(taps) slices, not prod(taps)): (G, N, M1..Mn, T1..Tn, Cg_in)
-    for i, p in enumerate(phases):
-        cols = [lax.slice_in_dim(x, p.dilation * j, p.dilation * j + m[i], axis=2 + i) for j in range(p.taps)]
-        x = jnp.stack(cols, axis=2 + n + i)
-    n_taps = math.prod(p.taps for p in phases)
-    patches = x.reshape(g, plan.batch, *m, n_taps, cg_in)
-    k = _phase_kernel(w, plan, ["G", "T", "Cin", "s", "Cout"]).reshape(g, n_taps, cg_in, -1)
-    y = lax.dot_general(
-        patches,
-        k,
-        (((n + 2, n + 3), (1, 2)), ((0,), (0,))),
-        precision=precision,
-        preferred_element_type=preferred,
-    )  # (G, N, M1..Mn, s1..sn * Cg_out)
+    k = _phase_kernel(w, plan, ["G", "T", "Cin", "s", "Cout"]).reshape(g, -1, cg_in, math.prod(plan.strides) * cg_out)
+
+    def gemm(x: jax.Array, rows: Sequence[int]) -> jax.Array:  # -> (G, N, M1..Mn, s1..sn * Cg_out)
+        dims = (((n + 2, n + 3), (1, 2)), ((0,), (0,)))
+        return lax.dot_general(_im2col(x, plan, rows), k, dims, precision=precision, preferred_element_type=preferred)
+
+    if not slab or slab >= m[0]:
+        y = gemm(x, m)
+    else:
+        # The first axis in steps of `slab` phase rows, each step's im2col built, used and
+        # dropped (and rebuilt in the backward, under checkpoint): the buffer is one step's.
+        p0 = phases[0]
+        steps = -(-m[0] // slab)
+        x = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] * 2 + [(0, steps * slab - m[0], 0)] + [(0, 0, 0)] * n)
+        window = slab + p0.dilation * (p0.taps - 1)
+
+        @jax.checkpoint
+        def step(i: jax.Array) -> jax.Array:
+            return gemm(lax.dynamic_slice_in_dim(x, i * slab, window, axis=2), [slab, *m[1:]])
+
+        y = lax.map(step, jnp.arange(steps))  # (steps, G, N, slab, M2..Mn, P)
+        y = jnp.moveaxis(y, 0, 2).reshape(g, plan.batch, steps * slab, *y.shape[4:])[:, :, : m[0]]
     y = y.reshape(g, plan.batch, *m, *(p.stride for p in phases), cg_out)
     names = ["G", "N", *(f"M{i}" for i in range(n)), *(f"s{i}" for i in range(n)), "Cg"]
     return _shuffle(y, names, plan)
@@ -243,14 +264,14 @@ def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
     return jnp.moveaxis(y, 0, n + 1).reshape(plan.out_shape)  # (N, O..., G, Cg_out)
 
 
-_LOWERINGS = {"conv": _lower_conv, "gemm": _lower_gemm, "taps": _lower_taps}
-
-
-def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred) -> jax.Array:
+def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes) -> jax.Array:
     if plan.is_zero:  # every kept position is past the end of the full output (or C_in == 0)
         y = jnp.zeros(plan.out_shape, preferred or x.dtype)
+    elif algorithm == "gemm":
+        slab = gemm_slab(plan, jnp.dtype(x.dtype).itemsize, max_buffer_bytes)
+        y = _lower_gemm(x, w, plan, precision, preferred, slab or 0)
     else:
-        y = _LOWERINGS[algorithm](x, w, plan, precision, preferred)
+        y = {"conv": _lower_conv, "taps": _lower_taps}[algorithm](x, w, plan, precision, preferred)
     if b is not None:
         shape = [1] * y.ndim
         shape[1 if plan.data_format == "NCHW" else -1] = plan.out_channels
@@ -258,34 +279,39 @@ def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred) -> jax.Arr
     return y
 
 
-@functools.partial(jax.jit, static_argnames=("plan", "algorithm", "precision", "preferred"))
-def apply(x, w, b, *, plan: Plan, algorithm: str, precision, preferred) -> jax.Array:
+@functools.partial(jax.jit, static_argnames=("plan", "algorithm", "precision", "preferred", "max_buffer_bytes"))
+def apply(x, w, b, *, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes=None) -> jax.Array:
     """Run ``plan`` with ``algorithm`` (``'auto'``: per platform, see :func:`choose_algorithm`)."""
     if algorithm != "auto":
-        return _lower(x, w, b, plan, algorithm, precision, preferred)
-    on_cpu = choose_algorithm(plan, jnp.result_type(x, w), "cpu")
-    elsewhere = choose_algorithm(plan, jnp.result_type(x, w), "gpu")
+        return _lower(x, w, b, plan, algorithm, precision, preferred, max_buffer_bytes)
+    dtype = jnp.result_type(x, w)
+    on_cpu = choose_algorithm(plan, dtype, "cpu", max_buffer_bytes=max_buffer_bytes)
+    elsewhere = choose_algorithm(plan, dtype, "gpu", max_buffer_bytes=max_buffer_bytes)
     if on_cpu == elsewhere:
-        return _lower(x, w, b, plan, on_cpu, precision, preferred)
+        return _lower(x, w, b, plan, on_cpu, precision, preferred, max_buffer_bytes)
     # The platform the computation runs on picks the branch when it is compiled; only that
     # branch is ever compiled (under a multi-platform jax.export, each platform its own).
     return lax.platform_dependent(
         x, w, b,
-        cpu=lambda x, w, b: _lower(x, w, b, plan, on_cpu, precision, preferred),
-        default=lambda x, w, b: _lower(x, w, b, plan, elsewhere, precision, preferred),
+        cpu=lambda x, w, b: _lower(x, w, b, plan, on_cpu, precision, preferred, max_buffer_bytes),
+        default=lambda x, w, b: _lower(x, w, b, plan, elsewhere, precision, preferred, max_buffer_bytes),
     )
 
 
-def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None) -> str:
+def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None, *, max_buffer_bytes: int | None = None) -> str:
     """The algorithm ``'auto'`` runs for ``plan`` on ``backend`` (default: JAX's default backend).
 
-    ``'taps'`` where the phase form's buffers (its phase kernel, padded input, interleaved
-    output) would exceed 8 times x + weight + y, or its work 4 times the definition's, which
-    large dilations and strides far above the input's size cause (see
-    ``jax_deconv._plan.phase_form_fits``); otherwise ``'gemm'`` on
-    CPU while its im2col buffer (float32 for 16-bit inputs) stays within
-    ``GEMM_BUFFER_LIMIT_BYTES`` (256 MiB) and no axis has more than 64 phase taps, else
-    ``'conv'``; ``'conv'`` on every other backend.
+    From the cost estimates of ``jax_deconv._cost`` (pure Python, from the plan's sizes):
+
+    * ``'taps'`` where the phase form's buffers (its phase kernel, padded input, interleaved
+      output) would exceed 8 times x + weight + y, or its work 4 times the definition's, which
+      large dilations and strides far above the input's size cause;
+    * on CPU, ``'gemm'``: its im2col in steps along the first spatial axis once it would
+      exceed 32 MiB (or ``max_buffer_bytes``), unless an axis has more than 64 phase taps or
+      one step (one phase row) would exceed ``max_buffer_bytes``; then ``'conv'``, which
+      builds no im2col (slower on CPU);
+    * ``'conv'`` on every other backend.
+
     Inside a computation ``'auto'`` does not ask for JAX's default backend: it stages both
     choices with ``lax.platform_dependent``, and the platform the computation is compiled for
     picks one (so a ``jax.export`` for several platforms runs ``'gemm'`` on CPU and ``'conv'``
@@ -298,31 +324,31 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None) -> str:
       >>> plan = conv_transpose_plan((2, 32, 16, 16, 16), (32, 16, 4, 4, 4), kernel_shape=4, strides=2)
       >>> choose_algorithm(plan, "float32", "cpu"), choose_algorithm(plan, "float32", "gpu")
       ('gemm', 'conv')
+      >>> choose_algorithm(plan, "float32", "cpu", max_buffer_bytes=2**10)  # one im2col row is 17 KiB
+      'conv'
     """
     if not all(isinstance(v, int) for v in (*plan.in_spatial, *plan.out_spatial)):
         return "conv"
-    if not phase_form_fits(plan):
-        return "taps"
-    backend = backend or jax.default_backend()
-    itemsize = max(np.dtype(dtype).itemsize, 4)  # the gemm buffer holds float32 even for 16-bit inputs
-    im2col_fits = phase_buffer_elements(plan) * itemsize <= GEMM_BUFFER_LIMIT_BYTES
-    if backend == "cpu" and im2col_fits and max(p.taps for p in plan.phases) <= GEMM_MAX_TAPS:
-        return "gemm"
-    return "conv"
+    return choose(plan, np.dtype(dtype).itemsize, backend or jax.default_backend(), max_buffer_bytes).algorithm
 
 
-def bind(op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any, dtype: Any) -> functools.partial:
+def bind(
+    op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any, dtype: Any, max_buffer_bytes: Any = None
+) -> functools.partial:
     """``apply`` with its static arguments checked and fixed; call it as ``f(x, w, b, plan=plan)``.
 
     ``dtype``: the inputs' common dtype, from which ``'auto'`` chooses exactly as ``apply`` will.
     """
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
+    budget = check_max_buffer_bytes(op, max_buffer_bytes)
     if isinstance(precision, list):  # static arguments must be hashable
         precision = tuple(precision)
     sizes = (*plan.in_spatial, *plan.out_spatial, plan.in_channels, plan.out_channels)
     if all(isinstance(v, int) for v in sizes):  # symbolic sizes: XLA checks them when they are known
-        runs = {algorithm} if algorithm != "auto" else {choose_algorithm(plan, dtype, b) for b in ("cpu", "gpu")}
+        runs = {algorithm}
+        if algorithm == "auto":
+            runs = {choose_algorithm(plan, dtype, b, max_buffer_bytes=budget) for b in ("cpu", "gpu")}
         for name in sorted(runs - {"taps"}):
             reason = phase_form_limit(plan, im2col=name == "gemm")
             if reason is not None:
@@ -330,4 +356,13 @@ def bind(op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any, dt
                     f"{op}: algorithm={algorithm!r} would build {reason}, more than XLA can index; "
                     f"algorithm='taps' computes this call with buffers about the size of the output."
                 )
-    return functools.partial(apply, algorithm=algorithm, precision=precision, preferred=preferred)
+        itemsize = np.dtype(dtype).itemsize
+        if "gemm" in runs and not plan.is_zero and gemm_slab(plan, itemsize, budget) is None:
+            raise ValueError(
+                f"{op}: max_buffer_bytes={budget} is less than the smallest step of algorithm='gemm' "
+                f"({gemm_row_bytes(plan, itemsize)} bytes: the im2col of one phase row of the first spatial "
+                f"axis); allow at least that, or use algorithm='conv' (no im2col) or 'auto'."
+            )
+    return functools.partial(
+        apply, algorithm=algorithm, precision=precision, preferred=preferred, max_buffer_bytes=budget
+    )

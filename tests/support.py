@@ -12,6 +12,9 @@ import numpy as np
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 ALGORITHMS = ("conv", "gemm", "taps")
 PHASE_ALGORITHMS = ("conv", "gemm")  # the lowerings 'auto' picks for ordinary layers
+VARIANTS = ("conv", "gemm", "gemm-steps", "taps")
+"""The algorithms, plus 'gemm' forced into its smallest steps (one phase row each) by the
+smallest ``max_buffer_bytes`` it accepts; :func:`variant_kwargs` turns a name into arguments."""
 GOLDEN_FORWARD_TOL, GOLDEN_GRADIENT_TOL = 1e-4, 1e-3  # what Dragon's float32 cases are matched to
 
 # rtol = atol, relative to the scale of the output (see `assert_close`)
@@ -32,6 +35,17 @@ def assert_close(got, want, dtype=None) -> None:
     scale = 1.0 + (np.abs(want).max() if want.size else 0.0)
     err = np.abs(got - want).max() if want.size else 0.0
     assert err <= tol * scale, f"max error {err:.3g} > {tol:.1g} * {scale:.3g}"
+
+
+def variant_kwargs(variant: str, x_shape, w_shape, args: dict, itemsize: int = 4) -> dict:
+    """Keyword arguments that run ``variant`` (a name in :data:`VARIANTS`) for this call."""
+    if variant != "gemm-steps":
+        return dict(algorithm=variant)
+    from jax_deconv import conv_transpose_plan
+    from jax_deconv._cost import gemm_row_bytes
+
+    plan = conv_transpose_plan(x_shape, w_shape, **args)
+    return dict(algorithm="gemm", max_buffer_bytes=gemm_row_bytes(plan, itemsize))
 
 
 def load_golden(name: str) -> list:

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from reference import reference
-from support import ALGORITHMS, assert_close, random_config
+from support import ALGORITHMS, VARIANTS, assert_close, random_config, variant_kwargs
 
 from jax_deconv import conv1d_transpose, conv2d_transpose, conv3d_transpose, conv_transpose
 
@@ -33,12 +33,13 @@ def random_case(seed: int):
     return args, x, w, b
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("seed", range(24))
-def test_random_against_reference(seed, algorithm):
+def test_random_against_reference(seed, variant):
     args, x, w, b = random_case(seed)
     fn = FIXED[x.ndim - 2]
-    assert_close(fn([x, w, b], **args, algorithm=algorithm), reference(x, w, b, **args))
+    run = variant_kwargs(variant, x.shape, w.shape, args)
+    assert_close(fn([x, w, b], **args, **run), reference(x, w, b, **args))
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

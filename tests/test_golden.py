@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from support import ALGORITHMS, GOLDEN_FORWARD_TOL, GOLDEN_GRADIENT_TOL, load_golden
+from support import GOLDEN_FORWARD_TOL, GOLDEN_GRADIENT_TOL, VARIANTS, load_golden, variant_kwargs
 
 from jax_deconv import conv_transpose
 
@@ -21,18 +21,21 @@ def test_all_cases_present():
     assert len(CASES) == 540
 
 
-# 'taps' (one product per kernel tap) compiles about 2x slower than the phase lowerings;
-# it runs on every 6th case here and on every case of the random sweep against the reference.
-RUNS = [(case, algorithm) for i, case in enumerate(CASES) for algorithm in ALGORITHMS
-        if algorithm != "taps" or i % 6 == 0]
+# 'taps' (one product per kernel tap) compiles about 2x slower than the phase lowerings, and
+# 'gemm' in steps (a loop, rematerialised) about as slow; each runs on every 6th case here
+# (different ones) and on every case of the random and transform suites against the reference.
+SAMPLED = {"taps": 0, "gemm-steps": 3}
+RUNS = [(case, variant) for i, case in enumerate(CASES) for variant in VARIANTS
+        if variant not in SAMPLED or i % 6 == SAMPLED[variant]]
 
 
-@pytest.mark.parametrize("case,algorithm", RUNS, ids=[f"{c[0]}-{a}" for c, a in RUNS])
-def test_golden(case, algorithm):
+@pytest.mark.parametrize("case,variant", RUNS, ids=[f"{c[0]}-{a}" for c, a in RUNS])
+def test_golden(case, variant):
     _, args, inputs, y_want, gy, grads_want = case
+    run = variant_kwargs(variant, inputs[0].shape, inputs[1].shape, args)
 
     def forward_and_vjp(gy, *inputs):
-        y, vjp = jax.vjp(lambda *a: conv_transpose(list(a), **args, algorithm=algorithm), *inputs)
+        y, vjp = jax.vjp(lambda *a: conv_transpose(list(a), **args, **run), *inputs)
         return y, vjp(gy)
 
     compiled = jax.jit(forward_and_vjp).lower(gy, *inputs).compile(FAST_COMPILE)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 from reference import reference
-from support import ALGORITHMS, assert_close
+from support import VARIANTS, assert_close, variant_kwargs
 
 from jax_deconv import conv2d_transpose, conv3d_transpose
 
@@ -32,10 +32,13 @@ def jacobian_matrix(x, w, b):
     return np.stack(cols, axis=1).reshape(*base.shape, *x.shape)
 
 
-@pytest.fixture(params=ALGORITHMS)
+@pytest.fixture(params=VARIANTS)
 def op(request):
+    x, w, _ = data()
+    run = variant_kwargs(request.param, x.shape, w.shape, ARGS, itemsize=8)
+
     def f(x, w, b):
-        return conv2d_transpose([x, w, b], **ARGS, algorithm=request.param)
+        return conv2d_transpose([x, w, b], **ARGS, **run)
 
     return f
 

@@ -1,0 +1,225 @@
+"""What each lowering of a :class:`~jax_deconv._plan.Plan` costs, and the choice of ``'auto'``.
+
+Pure Python, no JAX: estimates from the plan's sizes alone. For each candidate lowering,
+``'conv'`` (XLA's convolution of the phase form), ``'gemm'`` (im2col + one matrix product,
+in steps along the first spatial axis when its im2col is large) and ``'taps'`` (the
+definition, one matrix product per kernel tap), :func:`candidates` gives the multiply-adds it
+performs, its im2col buffer and its largest other buffer; :func:`choose` picks one per
+backend.
+
+The phase form (``'conv'`` and ``'gemm'``) multiplies every tap of its phase kernel, the
+zeros of a dilated or stride-padded kernel included, and builds buffers whose size follows
+``prod(strides)`` and the dilated kernel, not the call: fine for ordinary layers (1x to 3.4x
+the definition's work, buffers about y), out of all proportion for large dilations or strides
+far above the input's size, where ``'taps'`` does exactly the definition's work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from typing import Any
+
+from jax_deconv._plan import MAX_ARGUMENT, MAX_ELEMENTS, Plan
+
+
+def phase_buffer_elements(plan: Plan) -> int:
+    """Elements of the im2col buffer of the phase-GEMM lowering (taps x padded input).
+
+    A symbolic batch size (``jax.export`` shape polymorphism) counts as one example.
+    """
+    phases = plan.phases
+    rows = math.prod(p.m_end - p.m_begin for p in phases)
+    taps = math.prod(p.taps for p in phases)
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    return batch * rows * taps * plan.in_channels
+
+
+def phase_form_elements(plan: Plan) -> int:
+    """Elements of the largest buffer both phase lowerings build besides im2col.
+
+    The phase kernel (``prod(kernel_padded)`` taps, which a large dilation or a stride far
+    above the input's size inflates), the cropped and padded input, and the interleaved
+    phase output before its crop. A symbolic batch counts as one example.
+    """
+    phases = plan.phases
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    kernel = math.prod(p.kernel_padded for p in phases) * plan.in_channels * (plan.out_channels // plan.group)
+    padded = batch * plan.in_channels * math.prod(p.m_end - p.m_begin + p.span for p in phases)
+    interleaved = batch * plan.out_channels * math.prod(p.stride * (p.m_end - p.m_begin) for p in phases)
+    return max(kernel, padded, interleaved)
+
+
+def call_elements(plan: Plan) -> int:
+    """Elements of x + weight + y: what any lowering must hold (symbolic batch: one example)."""
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    x = batch * plan.in_channels * math.prod(plan.in_spatial)
+    w = plan.in_channels * (plan.out_channels // plan.group) * math.prod(plan.kernel)
+    y = batch * plan.out_channels * math.prod(plan.out_spatial)
+    return x + w + y
+
+
+def phase_form_macs(plan: Plan) -> int:
+    """Multiply-adds of the phase form: every phase tap, the zeros of a dilated or padded
+    phase kernel included (a symbolic batch counts as one example)."""
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    rows = math.prod(p.m_end - p.m_begin for p in plan.phases)
+    taps = math.prod(p.kernel_padded for p in plan.phases)
+    return batch * rows * taps * plan.in_channels * (plan.out_channels // plan.group)
+
+
+def definition_macs(plan: Plan) -> int:
+    """Multiply-adds of the definition: each input position times each kernel tap, at most."""
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    per_group = plan.out_channels // plan.group
+    return batch * math.prod(plan.in_spatial) * math.prod(plan.kernel) * plan.in_channels * per_group
+
+
+PHASE_BUDGET = 8
+"""The phase lowerings are used while their buffers stay within ``PHASE_BUDGET`` times
+x + weight + y (plus 2**20 elements) and their work within ``PHASE_BUDGET / 2`` times the
+definition's (plus 2**16); past either, the per-tap lowering, whose buffers never exceed y
+and whose work is the definition's. (Ordinary layers: 1x to 2.4x the work, about 1x the
+buffers; large dilations and strides above the input's size: thousands of times.)"""
+
+MAX_TAPS = 4096
+"""The per-tap lowering unrolls one matrix product per kernel tap: at most this many."""
+
+
+def phase_form_limit(plan: Plan, *, im2col: bool) -> str | None:
+    """Why the phase form cannot be built for ``plan`` (a buffer or dimension XLA cannot
+    index), or None. ``im2col``: count the GEMM lowering's im2col buffer too."""
+    sizes = {
+        "a phase-form buffer (phase kernel, padded input or interleaved output)": phase_form_elements(plan),
+        "an im2col buffer": phase_buffer_elements(plan) if im2col else 0,
+    }
+    for what, elements in sizes.items():
+        if elements > MAX_ELEMENTS:
+            return f"{what} of {elements} elements (limit {MAX_ELEMENTS})"
+    features = math.prod(plan.strides) * plan.out_channels
+    if features > MAX_ARGUMENT:
+        return f"prod(strides) * C_out = {features} phase channels (limit {MAX_ARGUMENT})"
+    return None
+
+
+def phase_form_fits(plan: Plan) -> bool:
+    """Whether the phase lowerings stay within budget (see :data:`PHASE_BUDGET`)."""
+    if math.prod(plan.kernel) > MAX_TAPS:  # too many taps to unroll: the phase form if it can be built
+        return phase_form_limit(plan, im2col=False) is None
+    buffers_fit = phase_form_elements(plan) <= PHASE_BUDGET * call_elements(plan) + 2**20
+    work_fits = phase_form_macs(plan) <= PHASE_BUDGET // 2 * definition_macs(plan) + 2**16
+    return buffers_fit and work_fits
+
+
+def check_max_buffer_bytes(op: str, value: Any) -> int | None:
+    """``max_buffer_bytes``: None or an int in [1, 2**62] (NumPy integers accepted)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: `max_buffer_bytes` must be None or an int (bytes); got {value!r}.")
+    if not 1 <= int(value) <= 64 * MAX_ELEMENTS:
+        raise ValueError(f"{op}: `max_buffer_bytes` must be between 1 and {64 * MAX_ELEMENTS}; got {int(value)}.")
+    return int(value)
+
+
+GEMM_MAX_TAPS = 64
+"""``'gemm'``'s im2col unrolls one slice per phase tap and axis: at most this many per axis."""
+
+GEMM_STEP_ABOVE = 32 * 2**20
+"""Bytes of im2col above which ``'gemm'`` steps through the first spatial axis when no
+``max_buffer_bytes`` is given (see :func:`gemm_slab`). Measured on a 2-core AVX-512 CPU: a
+97 MiB im2col (benchmark layer F) ran 15-30 % faster in steps, a 10 MiB one (layer A) 0-90 %
+slower."""
+
+GEMM_STEP_BYTES = 4 * 2**20
+"""The im2col of one step, when ``'gemm'`` steps (at least one phase row)."""
+
+
+def _itemsize(itemsize: int) -> int:
+    return max(itemsize, 4)  # 'gemm' multiplies 16-bit inputs in float32
+
+
+def gemm_row_bytes(plan: Plan, itemsize: int) -> int:
+    """Bytes of ``'gemm'``'s im2col for one phase row of the first spatial axis (its smallest step)."""
+    first = plan.phases[0]
+    return -(-phase_buffer_elements(plan) * _itemsize(itemsize) // max(first.m_end - first.m_begin, 1))
+
+
+def gemm_slab(plan: Plan, itemsize: int, max_buffer_bytes: int | None = None) -> int | None:
+    """Phase rows of the first spatial axis ``'gemm'`` handles per step (0: all at once), or
+    None when even one row's im2col exceeds ``max_buffer_bytes``.
+
+    Each step builds the im2col of its rows, multiplies it and drops it; under autodiff the
+    step is rematerialised, so the backward holds one step's im2col too. Steps are taken when
+    the whole im2col would exceed ``max_buffer_bytes`` (default ``GEMM_STEP_ABOVE``), each of
+    about ``GEMM_STEP_BYTES`` (or ``max_buffer_bytes`` if smaller).
+    """
+    limit = GEMM_STEP_ABOVE if max_buffer_bytes is None else max_buffer_bytes
+    if phase_buffer_elements(plan) * _itemsize(itemsize) <= limit:
+        return 0
+    row = gemm_row_bytes(plan, itemsize)
+    if row > limit:
+        return None
+    return max(1, min(limit, GEMM_STEP_BYTES) // row)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cost:
+    """One lowering's estimated cost for one plan (a symbolic batch counts as one example).
+
+    Attributes:
+      algorithm: ``'conv'``, ``'gemm'`` or ``'taps'``.
+      macs: multiply-adds of the forward (the backward does twice as many, dx and dw).
+      im2col_bytes: the im2col buffer (``'gemm'`` only; one step's when it steps).
+      buffer_elements: its largest other buffer: the phase kernel, padded input or interleaved
+        output of the phase form; for ``'taps'``, y.
+      slab: ``'gemm'``: phase rows of the first spatial axis per step (0: one step).
+      reason: why it cannot run this call (None: it can).
+    """
+
+    algorithm: str
+    macs: int
+    im2col_bytes: int
+    buffer_elements: int
+    slab: int = 0
+    reason: str | None = None
+
+
+def candidates(plan: Plan, itemsize: int, max_buffer_bytes: int | None = None) -> tuple[Cost, ...]:
+    """The cost of ``'conv'``, ``'gemm'`` and ``'taps'`` for ``plan`` (``itemsize``: bytes per
+    element of the inputs; ``max_buffer_bytes``: the largest im2col allowed)."""
+    phase_macs, phase_buffers = phase_form_macs(plan), phase_form_elements(plan)
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    y = batch * plan.out_channels * math.prod(plan.out_spatial)
+    conv = Cost("conv", phase_macs, 0, phase_buffers, reason=phase_form_limit(plan, im2col=False))
+    reason = phase_form_limit(plan, im2col=True)
+    slab = gemm_slab(plan, itemsize, max_buffer_bytes)
+    whole = phase_buffer_elements(plan) * _itemsize(itemsize)
+    if slab is None:
+        reason = reason or f"an im2col step of more than max_buffer_bytes={max_buffer_bytes}"
+        im2col = whole
+    else:
+        im2col = whole if slab == 0 else gemm_row_bytes(plan, itemsize) * slab
+    gemm = Cost("gemm", phase_macs, im2col, phase_buffers, slab or 0, reason)
+    many = math.prod(plan.kernel) > MAX_TAPS
+    taps = Cost("taps", definition_macs(plan), 0, y, reason=f"more than {MAX_TAPS} kernel taps" if many else None)
+    return conv, gemm, taps
+
+
+def choose(plan: Plan, itemsize: int, backend: str, max_buffer_bytes: int | None = None) -> Cost:
+    """The candidate ``'auto'`` runs on ``backend`` (``'cpu'``, ``'gpu'``, ``'tpu'``...).
+
+    * ``'taps'`` where the phase form is out of proportion (:func:`phase_form_fits`);
+    * on CPU, ``'gemm'`` (XLA:CPU's dots reach a fast GEMM, its convolutions do not), in steps
+      as :func:`gemm_slab` says, unless an axis has more than ``GEMM_MAX_TAPS`` phase taps or
+      no step fits ``max_buffer_bytes``; then ``'conv'`` (XLA:CPU's convolution builds no
+      im2col: slower, but its temporaries are about the padded input and y);
+    * elsewhere ``'conv'``, which cuDNN and the TPU's convolution units run directly.
+    """
+    conv, gemm, taps = candidates(plan, itemsize, max_buffer_bytes)
+    if not phase_form_fits(plan):
+        return taps
+    if backend == "cpu" and gemm.reason is None and max(p.taps for p in plan.phases) <= GEMM_MAX_TAPS:
+        return gemm
+    return conv
