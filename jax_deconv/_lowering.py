@@ -163,6 +163,8 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0) -> jax.Ar
     n, g = plan.ndim, plan.group
     phases = plan.phases
     cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
+    if plan.data_format == "NCHW" and all(p.taps == 1 for p in phases):
+        return _gemm_channels_first(x, w, plan, precision, preferred)
     # (G, N, S1..Sn, Cg_in): groups lead, so the batched dot needs no transpose of its operands
     if plan.data_format == "NCHW":
         x = x.reshape(plan.batch, g, cg_in, *plan.in_spatial)
@@ -196,6 +198,27 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0) -> jax.Ar
         y = jnp.moveaxis(y, 0, 2).reshape(g, plan.batch, steps * slab, *y.shape[4:])[:, :, : m[0]]
     y = y.reshape(g, plan.batch, *m, *(p.stride for p in phases), cg_out)
     names = ["G", "N", *(f"M{i}" for i in range(n)), *(f"s{i}" for i in range(n)), "Cg"]
+    return _shuffle(y, names, plan)
+
+
+def _gemm_channels_first(x, w, plan: Plan, precision, preferred) -> jax.Array:
+    """``'gemm'`` for NCHW calls with one phase tap per axis (kernel <= stride, as in the k2 s2
+    upsamplers of U-Nets): no im2col, so x stays channels-first and the phase kernel is the
+    left operand, ``(G, s*Cg_out, Cg_in) . (G, N, Cg_in, M) -> (G, s*Cg_out, N, M)``; only
+    the output is interleaved (measured on layer B, N1 64->32 24^3 k2 s2, one core: forward
+    9.2 -> 5.8 ms against channels-last im2col)."""
+    n, g = plan.ndim, plan.group
+    cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
+    x = jnp.swapaxes(x.reshape(plan.batch, g, cg_in, *plan.in_spatial), 0, 1)  # (G, N, Cg_in, S...)
+    x = _crop_and_pad(x, plan, list(range(3, n + 3)))
+    m = x.shape[3:]
+    x = x.reshape(g, plan.batch, cg_in, -1)  # positions flattened: one free axis per operand
+    k = _phase_kernel(w, plan, ["G", "s", "Cout", "Cin", "T"]).reshape(g, -1, cg_in)
+    y = lax.dot_general(  # (G, s1..sn * Cg_out, N, M1*..*Mn)
+        k, x, (((2,), (2,)), ((0,), (0,))), precision=precision, preferred_element_type=preferred
+    )
+    y = y.reshape(g, *plan.strides, cg_out, plan.batch, *m)
+    names = ["G", *(f"s{i}" for i in range(n)), "Cg", "N", *(f"M{i}" for i in range(n))]
     return _shuffle(y, names, plan)
 
 
