@@ -81,6 +81,13 @@ CONFIGS = [
     Config("F", 1, 64, 32, (32, 32, 32), 4, 2, pads=1),
     Config("G2d", 8, 128, 64, (32, 32), 4, 2, pads=1),
     Config("H1d", 8, 256, 128, (256,), 4, 2, pads=1),
+    # a 2-D and a 1-D layer of the kinds of B (k2 s2), C (stride 1) and D (grouped, k3 s2)
+    Config("B2d", 8, 64, 32, (64, 64), 2, 2),
+    Config("C2d", 8, 32, 32, (32, 32), 3, 1, pads=1),
+    Config("D2d", 4, 64, 64, (32, 32), 3, 2, pads=1, output_padding=1, group=4),
+    Config("B1d", 8, 128, 64, (512,), 2, 2),
+    Config("C1d", 8, 64, 64, (512,), 3, 1, pads=1),
+    Config("D1d", 8, 128, 128, (256,), 3, 2, pads=1, output_padding=1, group=4),
 ]
 
 
@@ -204,13 +211,14 @@ def time_jax(fn: Callable, x, w, mode: str, budget_s: float) -> dict:
     t = time.perf_counter()
     compiled = jax.jit(target).lower(x, w).compile()
     compile_s = time.perf_counter() - t
-    memory = None
+    memory = temp = None
     analysis = compiled.memory_analysis()
     if analysis is not None:
-        memory = int(analysis.temp_size_in_bytes + analysis.output_size_in_bytes + analysis.argument_size_in_bytes)
+        temp = int(analysis.temp_size_in_bytes)
+        memory = int(temp + analysis.output_size_in_bytes + analysis.argument_size_in_bytes)
     ms, reps, spread = _median_ms(lambda: jax.block_until_ready(compiled(x, w)), budget_s)
     return dict(ms=ms, reps=reps, spread=spread, disturbed=_disturbed(spread), compile_s=compile_s,
-                peak_bytes=memory)
+                peak_bytes=memory, temp_bytes=temp)
 
 
 def time_torch(spec, x, w, mode: str, budget_s: float) -> dict:
@@ -238,7 +246,8 @@ def time_torch(spec, x, w, mode: str, budget_s: float) -> dict:
     ms, reps, spread = _median_ms(call, budget_s)
     peak = _torch_peak_bytes(call)
     time.sleep(1.0)  # and torch's OpenMP workers before JAX runs again
-    return dict(ms=ms, reps=reps, spread=spread, disturbed=_disturbed(spread), compile_s=None, peak_bytes=peak)
+    return dict(ms=ms, reps=reps, spread=spread, disturbed=_disturbed(spread), compile_s=None, peak_bytes=peak,
+                temp_bytes=None)
 
 
 @contextlib.contextmanager
@@ -290,17 +299,39 @@ def _torch_peak_bytes(call: Callable[[], object]) -> int | None:
 # --------------------------------------------------------------------------- suite
 
 
+def _same_layout_torch(name: str, result: dict) -> str | None:
+    """The PyTorch row in the layout of our row ``name``: NCHW -> contiguous, NHWC ->
+    channels_last (contiguous for 1-D, which has no channels-last format)."""
+    if not name.startswith("ours"):
+        return None
+    if name.endswith("NHWC") and "torch channels_last" in result:
+        return "torch channels_last"
+    return "torch contiguous" if name.endswith("NCHW") or "torch channels_last" not in result else None
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def _device_name() -> str:
     d = jax.devices()[0]
     return getattr(d, "device_kind", str(d))
 
 
-def run(configs, dtypes, modes, algorithms, budget_s, out_path, slow_limit_s) -> list[dict]:
-    torch = _torch()
+def run(configs, dtypes, modes, algorithms, budget_s, out_path, slow_limit_s, baselines=("torch", "lax"),
+        threads=None) -> list[dict]:
+    torch = _torch() if "torch" in baselines else None
+    if torch is not None and threads:
+        torch.set_num_threads(threads)
     device = _device_name()
     env = dict(device=device, backend=jax.default_backend(), jax=jax.__version__,
                torch=None if torch is None else torch.__version__, jax_deconv=jax_deconv.__version__,
-               date=datetime.date.today().isoformat(), machine=platform.machine(), cpus=os.cpu_count())
+               date=datetime.date.today().isoformat(), machine=platform.machine(), cpu=_cpu_name(),
+               cpus=os.cpu_count(), threads=threads or len(os.sched_getaffinity(0)))
     print(f"# {env}", flush=True)
     rows = []
     total = len(configs) * len(dtypes) * len(modes)
@@ -320,9 +351,9 @@ def run(configs, dtypes, modes, algorithms, budget_s, out_path, slow_limit_s) ->
             for alg in algorithms:
                 impls[f"ours[{alg}] NCHW"] = ("jax", ours(cfg, "NCHW", alg), "NCHW")
                 impls[f"ours[{alg}] NHWC"] = ("jax", ours(cfg, "NHWC", alg), "NHWC")
-            if lax_conv_transpose(cfg) is not None:
+            if "lax" in baselines and lax_conv_transpose(cfg) is not None:
                 impls["lax.conv_transpose"] = ("jax", lax_conv_transpose(cfg), "NCHW")
-            for cl in (False, True):
+            for cl in (False, True) if torch is not None else ():
                 spec = torch_fn(cfg, cl)
                 if spec is not None:
                     impls["torch " + ("channels_last" if cl else "contiguous")] = ("torch", spec, "NCHW")
@@ -360,17 +391,26 @@ def run(configs, dtypes, modes, algorithms, budget_s, out_path, slow_limit_s) ->
                     peak = PEAK_GFLOPS.get(env["device"], {}).get(dtype)
                     result[name] = dict(t, gflops=gflops, peak_pct=None if peak is None else 100 * gflops / peak)
                 best = min(((v["ms"], v["disturbed"]) for k, v in result.items() if k.startswith("ours")), default=None)
+                call_bytes = jd.itemsize * (x_nc.size + w_nc.size + ref.size)
                 for name, r in result.items():
-                    row = dict(env, config=cfg.name, layer=cfg.describe(), dtype=dtype, mode=mode, impl=name, **r)
+                    row = dict(env, config=cfg.name, layer=cfg.describe(), dtype=dtype, mode=mode, impl=name,
+                               call_bytes=call_bytes, **r)
                     if best and not best[1] and not r["disturbed"]:
                         row["ours_best_over_this"] = best[0] / r["ms"]
+                    peer = result.get(_same_layout_torch(name, result))
+                    if peer is not None and not (r["disturbed"] or peer["disturbed"]):
+                        row["over_torch_same_layout"] = r["ms"] / peer["ms"]
                     rows.append(row)
                     extra = "" if r["compile_s"] is None else f"  compile {r['compile_s']:.2f}s"
-                    mem = "" if not r["peak_bytes"] else f"  mem {r['peak_bytes'] / 2**20:.1f}MiB"
-                    if "ours_best_over_this" in row:
-                        ratio = f"ours/this {row['ours_best_over_this']:.2f}"
-                    elif r["disturbed"]:
+                    mem = "" if not r["peak_bytes"] else f"  peak {r['peak_bytes'] / 2**20:.1f}MiB"
+                    if r.get("temp_bytes") is not None:
+                        mem += f" temp {r['temp_bytes'] / call_bytes:.2f}x(x+w+y)"
+                    if r["disturbed"]:
                         ratio = f"DISTURBED (spread {r['spread']:.0%}): no ratio"
+                    elif "over_torch_same_layout" in row:
+                        ratio = f"this/torch same layout {row['over_torch_same_layout']:.2f}"
+                    elif "ours_best_over_this" in row:
+                        ratio = f"ours best/this {row['ours_best_over_this']:.2f}"
                     else:
                         ratio = "no ratio: our best row is disturbed"
                     print(f"    {name:24s} {r['ms']:9.3f} ms  {r['gflops']:8.1f} GFLOP/s  {ratio}{extra}{mem}",
@@ -425,11 +465,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=1.0, help="seconds of timing per measurement")
     parser.add_argument("--slow-limit", type=float, default=2.0,
                         help="a baseline slower than this (s) in forward is not timed in forward+backward")
+    parser.add_argument("--baselines", nargs="*", default=["torch", "lax"], choices=["torch", "lax"],
+                        help="peers timed beside ours (lax.conv_transpose takes ~1 s per call on 3-D layers)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="set by run.py: cores this process is pinned to (see run.py --help)")
     parser.add_argument("--out", default="bench.jsonl", help="JSON lines, appended")
     parser.add_argument("--chart", default="bench.png")
     args = parser.parse_args(argv)
     configs = [c for c in CONFIGS if c.name in args.configs]
-    rows = run(configs, args.dtypes, args.modes, args.algorithms, args.budget, args.out, args.slow_limit)
+    rows = run(configs, args.dtypes, args.modes, args.algorithms, args.budget, args.out, args.slow_limit,
+               tuple(args.baselines), args.threads)
     if args.chart and rows:
         chart(rows, args.chart)
     return 0

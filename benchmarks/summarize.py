@@ -1,40 +1,69 @@
-"""Markdown table from a benchmark JSON-lines file: best of ours vs each baseline, per layer.
+"""Markdown table from a benchmark JSON-lines file: ours against PyTorch in each layout, per layer.
 
-    python benchmarks/summarize.py benchmarks/results/cpu.jsonl
+    python benchmarks/summarize.py benchmarks/results/cpu.jsonl [--algorithm auto]
+
+Columns: ours NCHW against PyTorch contiguous and ours NHWC against PyTorch channels-last (the
+layouts users call in; 1-D has only PyTorch's contiguous), ours best against PyTorch best,
+``jax.lax.conv_transpose`` when timed, XLA's temporaries as a multiple of x + weight + y, and
+peak memory (ours: XLA's arguments + outputs + temporaries; PyTorch: the profiler's timeline).
+A ratio is ``ours / theirs`` (below 1: we are faster); a row whose repeats spread more than
+25 % or that ran on a loaded machine is marked ``*`` and gets no ratio.
 """
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 
 
-def fmt(value, spec=".3f"):
+def fmt(value, spec=".2f"):
     return "—" if value is None else format(value, spec)
 
 
-def main(path: str) -> None:
-    rows = [json.loads(line) for line in open(path)]
+def _ms(row):
+    if row is None:
+        return "—"
+    return f"{row['ms']:.3f}" + ("*" if row["disturbed"] else "")
+
+
+def _ratio(ours, theirs):
+    if ours is None or theirs is None or ours["disturbed"] or theirs["disturbed"]:
+        return "—"
+    return f"{ours['ms'] / theirs['ms']:.2f}"
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path")
+    parser.add_argument("--algorithm", default="auto", help="which of our algorithms to report")
+    args = parser.parse_args(argv)
     groups = defaultdict(dict)
-    memory = defaultdict(dict)
-    for r in rows:
-        key = (r["config"], r["layer"], r["dtype"], r["mode"])
-        groups[key][r["impl"]] = r["ms"]
-        memory[key][r["impl"]] = r.get("peak_bytes")
-    print("| config | dtype | mode | ours best, ms (variant) | torch best, ms | ours / torch "
-          "| lax.conv_transpose, ms | ours / lax | peak MiB: ours / torch |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for key, impls in groups.items():
-        cfg, layer, dtype, mode = key
-        ms, name = min((v, k) for k, v in impls.items() if k.startswith("ours"))
-        variant = name.replace("ours[", "").replace("]", "")
-        torch_ms, torch_name = min(((v, k) for k, v in impls.items() if k.startswith("torch")), default=(None, None))
-        lax_ms = impls.get("lax.conv_transpose")
-        mem_ours, mem_torch = memory[key].get(name), memory[key].get(torch_name)
-        mem = f"{fmt(mem_ours and mem_ours / 2**20, '.1f')} / {fmt(mem_torch and mem_torch / 2**20, '.1f')}"
-        print(f"| {cfg}: {layer} | {dtype} | {mode} | {ms:.3f} ({variant}) | {fmt(torch_ms)} | "
-              f"{fmt(torch_ms and ms / torch_ms, '.2f')} | {fmt(lax_ms, '.1f')} | {fmt(lax_ms and ms / lax_ms)} "
-              f"| {mem} |")
+    with open(args.path) as f:
+        for line in f:
+            r = json.loads(line)
+            groups[(r["config"], r["layer"], r["dtype"], r["mode"])][r["impl"]] = r
+    print("| layer | dtype | mode | ours NCHW ms | torch contiguous ms | ratio | ours NHWC ms "
+          "| torch channels-last ms | ratio | best / best | lax.conv_transpose ms | temp / (x+w+y) "
+          "| peak MiB ours / torch |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for (cfg, layer, dtype, mode), impls in groups.items():
+        nchw, nhwc = impls.get(f"ours[{args.algorithm}] NCHW"), impls.get(f"ours[{args.algorithm}] NHWC")
+        contiguous, channels_last = impls.get("torch contiguous"), impls.get("torch channels_last")
+        if channels_last is None:  # 1-D: PyTorch has one layout
+            channels_last = contiguous
+        ours = [r for r in (nchw, nhwc) if r is not None]
+        theirs = [r for r in (contiguous, channels_last) if r is not None]
+        best_ours = min(ours, key=lambda r: r["ms"], default=None)
+        best_theirs = min(theirs, key=lambda r: r["ms"], default=None)
+        lax = impls.get("lax.conv_transpose")
+        temp = best_ours and best_ours.get("temp_bytes")
+        temp_ratio = None if not temp else temp / best_ours["call_bytes"]
+        peak_ours = best_ours and best_ours.get("peak_bytes")
+        peak_theirs = best_theirs and best_theirs.get("peak_bytes")
+        peak = f"{fmt(peak_ours and peak_ours / 2**20, '.1f')} / {fmt(peak_theirs and peak_theirs / 2**20, '.1f')}"
+        print(f"| {cfg}: {layer} | {dtype} | {mode} | {_ms(nchw)} | {_ms(contiguous)} | {_ratio(nchw, contiguous)} "
+              f"| {_ms(nhwc)} | {_ms(channels_last)} | {_ratio(nhwc, channels_last)} "
+              f"| {_ratio(best_ours, best_theirs)} | {fmt(lax and lax['ms'], '.1f')} | {fmt(temp_ratio)} | {peak} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main()

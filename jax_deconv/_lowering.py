@@ -27,9 +27,11 @@ Algorithms (``algorithm=``):
             first spatial axis (``lax.map``), each step's im2col rebuilt in the backward
             (``jax.checkpoint``) rather than kept, so it holds one step's im2col at a time.
 ``'taps'``  the definition itself, one matrix product per kernel tap scatter-added in place
-            into the output: no phase kernel, buffers about the size of y, no zero
-            ever multiplied (non-finite inputs propagate exactly as the definition says); slow
-            for large kernels, right for large dilations or strides above the input's size.
+            into the output: no phase kernel, no zero ever multiplied (non-finite inputs
+            propagate exactly as the definition says), buffers that follow the taps reaching
+            the output; slow for large kernels, right for large dilations or strides above the
+            input's size. Where many taps reach the whole output XLA may hold every tap's
+            product at once (a stride-1 k3 layer: 27 times y).
 ``'auto'``  chosen from the cost estimates of ``_cost.py`` per platform (see
             :func:`choose_algorithm`): ``'gemm'`` on CPU, ``'conv'`` elsewhere, ``'taps'``
             where the phase form's buffers or work would be out of proportion to the call.
@@ -227,13 +229,13 @@ def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
 
     Tap ``q`` sends input position ``p`` to output position ``s*p + d*q - pad_begin``. Each
     tap's product ``x[p0:p1] . w[q]`` (only the inputs that land inside ``[0, O)``) is
-    scatter-added into one box of an accumulator, in place, so the buffers stay about the size
-    of y however many taps there are (and the backward slices each tap's box out of the
-    cotangent), and the work is the definition's. Along an axis with ``1 < s < O`` a tap's
-    positions are ``s`` apart, so that axis is accumulated in phase space, ``(M, s)`` rows by
-    phases (the plan's phase rows; position ``s*m + r`` is row ``m`` of phase ``r``), where
-    they are contiguous; along the other axes (``s = 1``, or ``s >= O`` where a tap reaches at
-    most one position) directly.
+    scatter-added into one box of an accumulator, in place (and the backward slices each tap's
+    box out of the cotangent), and the work is the definition's. XLA schedules the products
+    as it likes: where many taps cover the whole output it may hold all of them at once.
+    Along an axis with ``1 < s < O`` a tap's positions are ``s`` apart, so that axis is
+    accumulated in phase space, ``(M, s)`` rows by phases (the plan's phase rows; position
+    ``s*m + r`` is row ``m`` of phase ``r``), where they are contiguous; along the other axes
+    (``s = 1``, or ``s >= O`` where a tap reaches at most one position) directly.
     """
     n, g = plan.ndim, plan.group
     cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
@@ -377,7 +379,7 @@ def bind(
             if reason is not None:
                 raise ValueError(
                     f"{op}: algorithm={algorithm!r} would build {reason}, more than XLA can index; "
-                    f"algorithm='taps' computes this call with buffers about the size of the output."
+                    f"algorithm='taps' computes this call without the phase form."
                 )
         itemsize = np.dtype(dtype).itemsize
         if "gemm" in runs and not plan.is_zero and gemm_slab(plan, itemsize, budget) is None:

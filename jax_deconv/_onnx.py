@@ -144,12 +144,13 @@ def onnx_conv_transpose(
     precision: Any = None,
     preferred_element_type: Any = None,
     algorithm: Algorithm = "auto",
+    max_buffer_bytes: int | None = None,
 ) -> Any:
     """ONNX's ``ConvTranspose`` (opset 11+): ``inputs = [X, W]`` or ``[X, W, B]``, NCHW.
 
     Computes exactly what onnxruntime computes, through :func:`onnx_to_dragon` and
-    :func:`conv_transpose`; ``precision``, ``preferred_element_type`` and ``algorithm`` are
-    passed through.
+    :func:`conv_transpose`; ``precision``, ``preferred_element_type``, ``algorithm`` and
+    ``max_buffer_bytes`` are passed through.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -168,5 +169,6 @@ def onnx_conv_transpose(
         output_padding=output_padding, output_shape=output_shape, pads=pads, strides=strides,
     )
     return conv_transpose(
-        inputs, **kwargs, precision=precision, preferred_element_type=preferred_element_type, algorithm=algorithm
+        inputs, **kwargs, precision=precision, preferred_element_type=preferred_element_type, algorithm=algorithm,
+        max_buffer_bytes=max_buffer_bytes,
     )

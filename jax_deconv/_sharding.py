@@ -130,6 +130,7 @@ def conv_transpose_halo(
     precision: lax.PrecisionLike = None,
     preferred_element_type: Any = None,
     algorithm: Algorithm = "auto",
+    max_buffer_bytes: int | None = None,
 ) -> jax.Array:
     """:func:`~jax_deconv.conv_transpose` of a volume split along spatial ``axis`` over ``axis_name``.
 
@@ -178,7 +179,8 @@ def conv_transpose_halo(
         output_shape=static_sizes(_OP, "output_shape", output_shape), data_format=data_format, op=_OP,
     )
     x, w, b = promote(x, w, b)
-    apply = bind(_OP, plan, algorithm, precision, check_preferred(_OP, preferred_element_type), x.dtype)
+    preferred = check_preferred(_OP, preferred_element_type)
+    apply = bind(_OP, plan, algorithm, precision, preferred, x.dtype, max_buffer_bytes)
     s, local = plan.strides[axis], x.shape[array_axis]
     if plan.out_spatial[axis] != s * plan.in_spatial[axis]:
         raise ValueError(
