@@ -1,6 +1,6 @@
 """Lowering of a :class:`~jax_deconv._plan.Plan` onto XLA (``lax`` ops only).
 
-Both lowerings use the sub-pixel (phase) form derived in ``_plan.py``: the kernel is split
+``'conv'`` and ``'gemm'`` use the sub-pixel (phase) form derived in ``_plan.py``: the kernel is split
 into ``prod(strides)`` phase sub-kernels, a stride-1 correlation of the *undilated* input
 computes every phase at once, and a depth-to-space shuffle interleaves the phases. No
 ``lhs_dilation`` is ever emitted, so
@@ -13,6 +13,8 @@ computes every phase at once, and a depth-to-space shuffle interleaves the phase
   ``hessian``, ``remat``...) works with no custom rule,
 * negative padding never reaches XLA (crops are slices), which avoids the XLA aborts of the
   plain lowering on small volumes.
+
+``'taps'`` has all three without the phase form.
 
 Algorithms (``algorithm=``):
 
@@ -158,7 +160,7 @@ def _im2col(x: jax.Array, plan: Plan, rows: Sequence[int]) -> jax.Array:
 
 
 def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0) -> jax.Array:
-    """``slab``: phase rows of the first spatial axis per step (0: all at once); see ``slab_rows``."""
+    """``slab``: phase rows of the first spatial axis per step (0: all at once); see ``_cost.gemm_slab``."""
     if jnp.dtype(x.dtype).itemsize < 4:  # 16-bit inputs: multiply and accumulate in float32
         x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
         return _lower_gemm(x32, w32, plan, precision, None, slab).astype(preferred or x.dtype)
