@@ -87,10 +87,7 @@ def main(argv=None) -> None:
           "| peak MiB ours / torch |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for (cfg, layer, dtype, mode), impls in groups.items():
-        nchw, nhwc = impls.get(f"ours[{args.algorithm}] NCHW"), impls.get(f"ours[{args.algorithm}] NHWC")
-        contiguous, channels_last = impls.get("torch contiguous"), impls.get("torch channels_last")
-        if channels_last is None:  # 1-D: PyTorch has one layout
-            channels_last = contiguous
+        nchw, contiguous, nhwc, channels_last = _same_layout(impls, args.algorithm)
         ours = [r for r in (nchw, nhwc) if r is not None]
         theirs = [r for r in (contiguous, channels_last) if r is not None]
         best_ours = min(ours, key=lambda r: r["ms"], default=None)
