@@ -76,7 +76,7 @@ def under_explicit_sharding(apply, plan: Plan, x: jax.Array, w: jax.Array, b: ja
         if x_spec[i] is not None and plan.out_shape[i] % size == 0:
             out[i] = x_spec[i]
     out_sharding = jax.sharding.NamedSharding(mesh, P(*out))
-    apply = functools.partial(apply, plan=plan)
+    apply = functools.partial(apply, plan=plan, flat=False)  # XLA's partitioner follows the spatial axes
     return jax.sharding.auto_axes(apply, axes=axes, out_sharding=out_sharding)(x, w, b)  # pyright: ignore
 
 
