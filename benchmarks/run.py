@@ -21,7 +21,7 @@ def _pin(argv: list[str]) -> None:
     os.environ["OMP_NUM_THREADS"] = str(threads)
     if threads == 1:
         flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false"
 
 
 if __name__ == "__main__":
