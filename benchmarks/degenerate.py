@@ -1,7 +1,7 @@
 """Small valid calls that the phase form blows up: compile time, XLA's temporaries and run time
 of each algorithm, forward and gradient.
 
-    python benchmarks/degenerate.py [--algorithms auto conv gemm taps] [--run-limit-gib 4]
+    python benchmarks/degenerate.py [--algorithms auto conv gemm phases taps] [--run-limit-gib 4]
 
 Temporaries are XLA's compiled estimate (``memory_analysis().temp_size_in_bytes``), shown as a
 multiple of the bytes of x + weight + y. A compiled call is run (median of 3) only when its
@@ -26,6 +26,8 @@ CASES = {
     "2-D dilation 3000, pads 2990, k5, 4->4": (
         (1, 4, 8, 8), (4, 4, 5, 5), dict(kernel_shape=5, dilations=3000, pads=2990)),
     "3-D stride 50, k4, 4^3, 16->8": ((2, 16, 4, 4, 4), (16, 8, 4, 4, 4), dict(kernel_shape=4, strides=50)),
+    "3-D stride 2, dilation 2, k3, 12^3, 32->32": (
+        (1, 32, 12, 12, 12), (32, 32, 3, 3, 3), dict(kernel_shape=3, strides=2, dilations=2, pads=2)),
 }
 
 
@@ -43,7 +45,7 @@ def measure(name: str, algorithm: str, run_limit: float) -> None:
         return jax.grad(lambda x, w: jnp.sum(forward(x, w) ** 2), (0, 1))(x, w)
 
     for mode, fn in (("forward", forward), ("gradient", gradient)):
-        label = f"{name:40s} {algorithm}->{chosen:5s} {mode:8s}"
+        label = f"{name:42s} {algorithm}->{chosen:6s} {mode:8s}"
         try:
             start = time.perf_counter()
             compiled = jax.jit(fn).lower(x, w).compile()

@@ -50,6 +50,7 @@ class Config:
     pads: int = 0
     output_padding: int = 0
     group: int = 1
+    dilation: int = 1
 
     @property
     def ndim(self) -> int:
@@ -58,7 +59,7 @@ class Config:
     def args(self) -> dict:
         n = self.ndim
         return dict(kernel_shape=self.kernel, strides=self.stride, pads=self.pads, group=self.group,
-                    output_padding=(self.output_padding,) * n if self.output_padding else None)
+                    dilations=self.dilation, output_padding=(self.output_padding,) * n if self.output_padding else None)
 
     def flops(self) -> float:
         """Multiply-adds x 2 of the forward: every input element times every tap and output channel."""
@@ -69,6 +70,7 @@ class Config:
         text = f"N{self.batch} {self.c_in}->{self.c_out} {self.size[0]}^{n} k{self.kernel} s{self.stride}"
         text += f" p{self.pads}" if self.pads else ""
         text += f" op{self.output_padding}" if self.output_padding else ""
+        text += f" d{self.dilation}" if self.dilation > 1 else ""
         return text + (f" g{self.group}" if self.group > 1 else "")
 
 
@@ -88,6 +90,8 @@ CONFIGS = [
     Config("B1d", 8, 128, 64, (512,), 2, 2),
     Config("C1d", 8, 64, 64, (512,), 3, 1, pads=1),
     Config("D1d", 8, 128, 128, (256,), 3, 2, pads=1, output_padding=1, group=4),
+    # atrous: a dilation sharing a factor with the stride leaves 7 of the 8 phases empty
+    Config("I", 1, 32, 32, (12, 12, 12), 3, 2, pads=2, output_padding=1, dilation=2),
 ]
 
 
@@ -112,14 +116,15 @@ def lax_conv_transpose(cfg: Config) -> Callable | None:
     """``jax.lax.conv_transpose`` (NCHW, Dragon/PyTorch weight layout); no groups."""
     if cfg.group != 1:
         return None
-    n, k = cfg.ndim, cfg.kernel
-    lo = k - 1 - cfg.pads
+    n = cfg.ndim
+    lo = cfg.dilation * (cfg.kernel - 1) - cfg.pads
     spec = "NC" + "DHW"[3 - n:]
     kspec = "OI" + "DHW"[3 - n:]
 
     def f(x, w):
         return lax.conv_transpose(x, w, (cfg.stride,) * n, [(lo, lo + cfg.output_padding)] * n,
-                                  dimension_numbers=(spec, kspec, spec), transpose_kernel=True)
+                                  rhs_dilation=(cfg.dilation,) * n, dimension_numbers=(spec, kspec, spec),
+                                  transpose_kernel=True)
 
     return f
 
@@ -128,7 +133,8 @@ def oracle(cfg: Config, x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """The answer from the definition's textbook lowering, independent of jax_deconv: a
     convolution of the stride-dilated input (``lhs_dilation``) with the flipped kernel, groups
     as feature groups, in float32 on the host (NCHW in and out)."""
-    n, g, k, p = cfg.ndim, cfg.group, cfg.kernel, cfg.pads
+    n, g, p = cfg.ndim, cfg.group, cfg.pads
+    k = cfg.dilation * (cfg.kernel - 1) + 1  # the dilated kernel's extent
     c_in, cg_out = w.shape[0], w.shape[1]
     kernel = w.reshape(g, c_in // g, cg_out, *w.shape[2:]).swapaxes(1, 2).reshape(g * cg_out, c_in // g, *w.shape[2:])
     kernel = np.flip(kernel, axis=tuple(range(2, 2 + n)))
@@ -137,6 +143,7 @@ def oracle(cfg: Config, x: np.ndarray, w: np.ndarray) -> np.ndarray:
         y = lax.conv_general_dilated(
             jnp.asarray(x, jnp.float32), jnp.asarray(np.ascontiguousarray(kernel), jnp.float32), (1,) * n,
             [(k - 1 - p, k - 1 - p + cfg.output_padding)] * n, lhs_dilation=(cfg.stride,) * n,
+            rhs_dilation=(cfg.dilation,) * n,
             dimension_numbers=(spec, "OI" + "DHW"[3 - n:], spec), feature_group_count=g,
             precision=lax.Precision.HIGHEST,
         )
@@ -167,7 +174,8 @@ def torch_fn(cfg: Config, channels_last: bool):
         return x, w
 
     def f(x, w):
-        return op(x, w, stride=cfg.stride, padding=cfg.pads, output_padding=cfg.output_padding, groups=cfg.group)
+        return op(x, w, stride=cfg.stride, padding=cfg.pads, output_padding=cfg.output_padding, groups=cfg.group,
+                  dilation=cfg.dilation)
 
     return prepare, f
 

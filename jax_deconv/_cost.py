@@ -2,16 +2,18 @@
 
 Pure Python, no JAX: estimates from the plan's sizes alone. For each candidate lowering,
 ``'conv'`` (XLA's convolution of the phase form), ``'gemm'`` (im2col + one matrix product,
-in steps along the first spatial axis when its im2col is large) and ``'taps'`` (the
-definition, one matrix product per kernel tap), :func:`candidates` gives the multiply-adds it
-performs, its im2col buffer and its largest other buffer; :func:`choose` picks one per
-backend.
+in steps along the first spatial axis when its im2col is large), ``'phases'`` (an im2col and
+a matrix product per phase, over that phase's own taps) and ``'taps'`` (the definition, one
+matrix product per kernel tap), :func:`candidates` gives the multiply-adds it performs, its
+im2col buffer and its largest other buffer; :func:`choose` picks one per backend.
 
 The phase form (``'conv'`` and ``'gemm'``) multiplies every tap of its phase kernel, the
 zeros of a dilated or stride-padded kernel included, and builds buffers whose size follows
 ``prod(strides)`` and the dilated kernel, not the call: fine for ordinary layers (1x to 3.4x
 the definition's work, buffers about y), out of all proportion for large dilations or strides
-far above the input's size, where ``'taps'`` does exactly the definition's work.
+far above the input's size. ``'phases'`` does the definition's work with ``prod(strides)``
+matrix products (right where a dilation empties phases and the strides are small);
+``'taps'`` does it with one per kernel tap (right for strides far above the input's size).
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ def phase_buffer_elements(plan: Plan) -> int:
     return batch * rows * taps * plan.in_channels
 
 
+def _padded_and_interleaved(plan: Plan) -> tuple[int, int]:
+    """Elements of the cropped and padded input and of the interleaved phase output before
+    its crop, which every phase lowering builds (a symbolic batch counts as one example)."""
+    phases = plan.phases
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    padded = batch * plan.in_channels * math.prod(p.m_end - p.m_begin + p.span for p in phases)
+    interleaved = batch * plan.out_channels * math.prod(p.stride * (p.m_end - p.m_begin) for p in phases)
+    return padded, interleaved
+
+
 def phase_form_elements(plan: Plan) -> int:
     """Elements of the largest buffer both phase lowerings build besides im2col.
 
@@ -43,12 +55,8 @@ def phase_form_elements(plan: Plan) -> int:
     above the input's size inflates), the cropped and padded input, and the interleaved
     phase output before its crop. A symbolic batch counts as one example.
     """
-    phases = plan.phases
-    batch = plan.batch if isinstance(plan.batch, int) else 1
-    kernel = math.prod(p.kernel_padded for p in phases) * plan.in_channels * (plan.out_channels // plan.group)
-    padded = batch * plan.in_channels * math.prod(p.m_end - p.m_begin + p.span for p in phases)
-    interleaved = batch * plan.out_channels * math.prod(p.stride * (p.m_end - p.m_begin) for p in phases)
-    return max(kernel, padded, interleaved)
+    kernel = math.prod(p.kernel_padded for p in plan.phases) * plan.in_channels * (plan.out_channels // plan.group)
+    return max(kernel, *_padded_and_interleaved(plan))
 
 
 def call_elements(plan: Plan) -> int:
@@ -74,6 +82,44 @@ def definition_macs(plan: Plan) -> int:
     batch = plan.batch if isinstance(plan.batch, int) else 1
     per_group = plan.out_channels // plan.group
     return batch * math.prod(plan.in_spatial) * math.prod(plan.kernel) * plan.in_channels * per_group
+
+
+def _phase_spread(plan: Plan) -> list[tuple[int, int]]:
+    """Per axis, ``(phases that take a tap, most taps one phase takes)``.
+
+    Tap ``q`` lands in phase ``d*q mod s``; those residues repeat every ``s' = s / gcd(d, s)``
+    taps, so ``min(K, s')`` phases take taps, ``ceil(K / s')`` at most each (the same as
+    :func:`~jax_deconv._plan.phase_taps`, without listing the phases).
+    """
+    spread = []
+    for kernel, stride, dilation in zip(plan.kernel, plan.strides, plan.dilations):
+        cycle = stride // math.gcd(dilation, stride)
+        spread.append((min(kernel, cycle), -(-kernel // cycle)))
+    return spread
+
+
+def phases_count(plan: Plan) -> int:
+    """Phases ``'phases'`` unrolls: ``prod(strides)``, each an im2col and a matrix product
+    (or zeros when no tap reaches it)."""
+    return math.prod(plan.strides)
+
+
+def phases_im2col_elements(plan: Plan) -> int:
+    """Elements of ``'phases'``' largest im2col: the phase with most taps (at most the phase
+    form's ``prod(taps)``); the phases are computed one after another."""
+    phases = plan.phases
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    rows = math.prod(p.m_end - p.m_begin for p in phases)
+    return batch * rows * plan.in_channels * math.prod(most for _, most in _phase_spread(plan))
+
+
+def phases_macs(plan: Plan) -> int:
+    """Multiply-adds of ``'phases'``: every phase's own taps over the phase rows (each kernel
+    tap falls in exactly one phase, so this is the definition's work over the kept rows)."""
+    phases = plan.phases
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    rows = math.prod(p.m_end - p.m_begin for p in phases)
+    return batch * rows * math.prod(plan.kernel) * plan.in_channels * (plan.out_channels // plan.group)
 
 
 PHASE_BUDGET = 8
@@ -164,14 +210,31 @@ def gemm_slab(plan: Plan, itemsize: int, max_buffer_bytes: int | None = None) ->
     return max(1, min(limit, GEMM_STEP_BYTES) // row)
 
 
+MAX_PHASES = 512
+"""``'phases'`` unrolls an im2col and a matrix product per phase (``prod(strides)``): at most
+this many."""
+
+PHASES_AUTO_MAX = 64
+"""``'auto'`` takes ``'phases'`` for at most this many phases (compile time grows with them)."""
+
+PHASES_WASTE = 3
+"""``'auto'`` takes ``'phases'`` over ``'gemm'`` on CPU where the phase form would do at least
+this many times ``'phases'``' work: where a dilation shares a factor with the stride and
+leaves phases empty (k3 s2 d2: 6 taps' work for 3 per axis, 8x in 3-D; ``'phases'`` forward
+0.22-0.26x of ``'gemm'``'s on a 12^3 layer), not for the k3 s2 layers' 2.4x (3-D; 0.75-1.14x,
+no consistent gain) or a k5 s2 (1.7x; ``'phases'`` 3-4x slower: its phases' im2cols hold 125
+copies of the input against ``'gemm'``'s 27). Measured one core, AMD EPYC, 2026-12-02."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Cost:
     """One lowering's estimated cost for one plan (a symbolic batch counts as one example).
 
     Attributes:
-      algorithm: ``'conv'``, ``'gemm'`` or ``'taps'``.
+      algorithm: ``'conv'``, ``'gemm'``, ``'phases'`` or ``'taps'``.
       macs: multiply-adds of the forward (the backward does twice as many, dx and dw).
-      im2col_bytes: the im2col buffer (``'gemm'`` only; one step's when it steps).
+      im2col_bytes: the im2col buffer (``'gemm'``: one step's when it steps; ``'phases'``:
+        the largest phase's).
       buffer_elements: its largest other buffer: the phase kernel, padded input or interleaved
         output of the phase form; for ``'taps'``, y.
       slab: ``'gemm'``: phase rows of the first spatial axis per step (0: one step).
@@ -186,9 +249,21 @@ class Cost:
     reason: str | None = None
 
 
+def phases_limit(plan: Plan) -> str | None:
+    """Why ``'phases'`` cannot run ``plan`` (too many phases to unroll, or a buffer XLA cannot
+    index), or None."""
+    if phases_count(plan) > MAX_PHASES:
+        return f"prod(strides) = {phases_count(plan)} phases to unroll, one matrix product each (limit {MAX_PHASES})"
+    largest = max(*_padded_and_interleaved(plan), phases_im2col_elements(plan))
+    if largest > MAX_ELEMENTS:
+        return f"a buffer of {largest} elements, more than XLA can index (limit {MAX_ELEMENTS})"
+    return None
+
+
 def candidates(plan: Plan, itemsize: int, max_buffer_bytes: int | None = None) -> tuple[Cost, ...]:
-    """The cost of ``'conv'``, ``'gemm'`` and ``'taps'`` for ``plan`` (``itemsize``: bytes per
-    element of the inputs; ``max_buffer_bytes``: the largest im2col allowed)."""
+    """The cost of ``'conv'``, ``'gemm'``, ``'phases'`` and ``'taps'`` for ``plan``
+    (``itemsize``: bytes per element of the inputs; ``max_buffer_bytes``: the largest im2col
+    allowed)."""
     phase_macs, phase_buffers = phase_form_macs(plan), phase_form_elements(plan)
     batch = plan.batch if isinstance(plan.batch, int) else 1
     y = batch * plan.out_channels * math.prod(plan.out_spatial)
@@ -202,24 +277,49 @@ def candidates(plan: Plan, itemsize: int, max_buffer_bytes: int | None = None) -
     else:
         im2col = whole if slab == 0 else gemm_row_bytes(plan, itemsize) * slab
     gemm = Cost("gemm", phase_macs, im2col, phase_buffers, slab or 0, reason)
+    phase_im2col = phases_im2col_elements(plan) * _itemsize(itemsize)
+    reason = phases_limit(plan)
+    if reason is None and max_buffer_bytes is not None and phase_im2col > max_buffer_bytes:
+        reason = f"an im2col of {phase_im2col} bytes, more than max_buffer_bytes={max_buffer_bytes}"
+    phases = Cost("phases", phases_macs(plan), phase_im2col, max(_padded_and_interleaved(plan)), reason=reason)
     many = math.prod(plan.kernel) > MAX_TAPS
     taps = Cost("taps", definition_macs(plan), 0, y, reason=f"more than {MAX_TAPS} kernel taps" if many else None)
-    return conv, gemm, taps
+    return conv, gemm, phases, taps
+
+
+def _phases_fit(plan: Plan, phases: Cost, max_buffer_bytes: int | None) -> bool:
+    """Whether ``'auto'`` may take ``'phases'``: few phases, buffers in proportion to the call,
+    and an im2col within ``max_buffer_bytes`` (default ``GEMM_STEP_ABOVE``; it does not step)."""
+    limit = GEMM_STEP_ABOVE if max_buffer_bytes is None else max_buffer_bytes
+    return (
+        phases.reason is None
+        and phases_count(plan) <= PHASES_AUTO_MAX
+        and phases.buffer_elements <= PHASE_BUDGET * call_elements(plan) + 2**20
+        and phases.im2col_bytes <= limit
+    )
 
 
 def choose(plan: Plan, itemsize: int, backend: str, max_buffer_bytes: int | None = None) -> Cost:
     """The candidate ``'auto'`` runs on ``backend`` (``'cpu'``, ``'gpu'``, ``'tpu'``...).
 
-    * ``'taps'`` where the phase form is out of proportion (:func:`phase_form_fits`);
-    * on CPU, ``'gemm'`` (XLA:CPU's dots reach a fast GEMM, its convolutions do not), in steps
-      as :func:`gemm_slab` says, unless an axis has more than ``GEMM_MAX_TAPS`` phase taps or
-      no step fits ``max_buffer_bytes``; then ``'conv'`` (XLA:CPU's convolution builds no
-      im2col: slower, but its temporaries are about the padded input and y);
+    * where the phase form is out of proportion (:func:`phase_form_fits`): ``'phases'`` if it
+      fits (at most ``PHASES_AUTO_MAX`` phases, buffers within ``PHASE_BUDGET``, its im2col
+      within ``max_buffer_bytes``, default 32 MiB), else ``'taps'``;
+    * on CPU, ``'phases'`` where the phase form would do ``PHASES_WASTE`` times its work and
+      it fits; else ``'gemm'`` (XLA:CPU's dots reach a fast GEMM, its convolutions do not),
+      in steps as :func:`gemm_slab` says, unless an axis has more than ``GEMM_MAX_TAPS``
+      phase taps or no step fits ``max_buffer_bytes``; then ``'conv'`` (XLA:CPU's
+      convolution builds no im2col: slower, but its temporaries are about the padded input
+      and y);
     * elsewhere ``'conv'``, which cuDNN and the TPU's convolution units run directly.
     """
-    conv, gemm, taps = candidates(plan, itemsize, max_buffer_bytes)
+    conv, gemm, phases, taps = candidates(plan, itemsize, max_buffer_bytes)
     if not phase_form_fits(plan):
-        return taps
-    if backend == "cpu" and gemm.reason is None and max(p.taps for p in plan.phases) <= GEMM_MAX_TAPS:
+        return phases if _phases_fit(plan, phases, max_buffer_bytes) else taps
+    if backend != "cpu":
+        return conv
+    if gemm.macs >= PHASES_WASTE * phases.macs and _phases_fit(plan, phases, max_buffer_bytes):
+        return phases
+    if gemm.reason is None and max(p.taps for p in plan.phases) <= GEMM_MAX_TAPS:
         return gemm
     return conv

@@ -14,7 +14,7 @@ computes every phase at once, and a depth-to-space shuffle interleaves the phase
 * negative padding never reaches XLA (crops are slices), which avoids the XLA aborts of the
   plain lowering on small volumes.
 
-``'taps'`` has all three without the phase form.
+``'phases'`` and ``'taps'`` have all three without multiplying the phase form's zeros.
 
 Algorithms (``algorithm=``):
 
@@ -28,6 +28,12 @@ Algorithms (``algorithm=``):
             input, in float32; above 32 MiB (or ``max_buffer_bytes``) it steps through the
             first spatial axis (``lax.map``), each step's im2col rebuilt in the backward
             (``jax.checkpoint``) rather than kept, so it holds one step's im2col at a time.
+``'phases'`` the phase form without its zeros: per phase, an im2col over the kernel taps
+            that phase really takes and one matrix product; empty phases are zeros. The
+            definition's work; ``prod(strides)`` products (at most 512), so right where a
+            dilation shares a factor with the stride (k3 s2 d2: 8x less work than
+            ``'gemm'`` in 3-D), wrong for large strides or kernels (a k5 s2 phase im2col
+            holds up to 27 copies of x, the 8 together 125).
 ``'taps'``  the definition itself, one matrix product per kernel tap scatter-added in place
             into the output: no phase kernel, no zero ever multiplied (non-finite inputs
             propagate exactly as the definition says), buffers that follow the taps reaching
@@ -35,8 +41,9 @@ Algorithms (``algorithm=``):
             input's size. Where many taps reach the whole output XLA may hold every tap's
             product at once (a stride-1 k3 layer: 27 times y).
 ``'auto'``  chosen from the cost estimates of ``_cost.py`` per platform (see
-            :func:`choose_algorithm`): ``'gemm'`` on CPU, ``'conv'`` elsewhere, ``'taps'``
-            where the phase form's buffers or work would be out of proportion to the call.
+            :func:`choose_algorithm`): ``'gemm'`` on CPU, ``'conv'`` elsewhere; ``'phases'``
+            or ``'taps'`` where the phase form's buffers or work would be out of proportion
+            to the call, and ``'phases'`` on CPU where the phase form would do 3x its work.
 """
 
 
@@ -52,8 +59,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jax_deconv._cost import check_max_buffer_bytes, choose, gemm_row_bytes, gemm_slab, phase_form_limit
-from jax_deconv._plan import Plan
+from jax_deconv._cost import (
+    check_max_buffer_bytes,
+    choose,
+    gemm_row_bytes,
+    gemm_slab,
+    phase_form_limit,
+    phases_limit,
+)
+from jax_deconv._plan import Plan, phase_taps
 from jax_deconv._types import ALGORITHMS
 
 
@@ -147,16 +161,39 @@ def _lower_conv(x, w, plan: Plan, precision, preferred) -> jax.Array:
     return _shuffle(y, names, plan)
 
 
-def _im2col(x: jax.Array, plan: Plan, rows: Sequence[int]) -> jax.Array:
-    """(G, N, P1..Pn, Cg_in) padded input -> (G, N, M1..Mn, prod(T), Cg_in) phase patches.
+def _im2col(x: jax.Array, offsets: Sequence[Sequence[int]], rows: Sequence[int]) -> jax.Array:
+    """(G, N, P1..Pn, Cg_in) padded input -> (G, N, M1..Mn, T1*..*Tn, Cg_in) patches.
 
-    One axis at a time (``sum(taps)`` slices, not ``prod(taps)``); ``rows[i]`` phase rows on axis i.
+    One axis at a time (``sum(T)`` slices, not ``prod(T)``): along axis i, the ``rows[i]``
+    positions from each offset in ``offsets[i]`` (``T_i`` of them).
     """
-    n = plan.ndim
-    for i, p in enumerate(plan.phases):
-        cols = [lax.slice_in_dim(x, p.dilation * j, p.dilation * j + rows[i], axis=2 + i) for j in range(p.taps)]
-        x = jnp.stack(cols, axis=2 + n + i)
+    n = len(offsets)
+    for i, starts in enumerate(offsets):
+        x = jnp.stack([lax.slice_in_dim(x, o, o + rows[i], axis=2 + i) for o in starts], axis=2 + n + i)
     return x.reshape(*x.shape[: 2 + n], -1, x.shape[-1])
+
+
+def _groups_lead(x: jax.Array, plan: Plan) -> jax.Array:
+    """x -> (G, N, P1..Pn, Cg_in), cropped and padded for the phase form: groups lead, so a
+    dot batched over groups needs no transpose of its operands."""
+    n, g = plan.ndim, plan.group
+    cg_in = plan.in_channels // g
+    if plan.data_format == "NCHW":
+        x = x.reshape(plan.batch, g, cg_in, *plan.in_spatial)
+        x = jnp.transpose(x, [1, 0, *range(3, n + 3), 2])
+    else:
+        x = x.reshape(plan.batch, *plan.in_spatial, g, cg_in)
+        x = jnp.transpose(x, [n + 1, 0, *range(1, n + 1), n + 2])
+    return _crop_and_pad(x, plan, list(range(2, n + 2)))
+
+
+def _weight_groups(w: jax.Array, plan: Plan) -> jax.Array:
+    """Weight -> (G, Cg_in, Cg_out, K1..Kn), either layout."""
+    g = plan.group
+    cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
+    if plan.data_format == "NCHW":
+        return w.reshape(g, cg_in, cg_out, *plan.kernel)
+    return jnp.moveaxis(w.reshape(g, cg_in, *plan.kernel, cg_out), -1, 2)
 
 
 def _matmul(a: jax.Array, b: jax.Array, precision, preferred) -> jax.Array:
@@ -189,19 +226,13 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0, flat: boo
     cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
     if plan.data_format == "NCHW" and all(p.taps == 1 for p in phases):
         return _gemm_channels_first(x, w, plan, precision, preferred, flat)
-    # (G, N, S1..Sn, Cg_in): groups lead, so the batched dot needs no transpose of its operands
-    if plan.data_format == "NCHW":
-        x = x.reshape(plan.batch, g, cg_in, *plan.in_spatial)
-        x = jnp.transpose(x, [1, 0, *range(3, n + 3), 2])
-    else:
-        x = x.reshape(plan.batch, *plan.in_spatial, g, cg_in)
-        x = jnp.transpose(x, [n + 1, 0, *range(1, n + 1), n + 2])
-    x = _crop_and_pad(x, plan, list(range(2, n + 2)))
+    x = _groups_lead(x, plan)
     m = [p.m_end - p.m_begin for p in phases]
     k = _phase_kernel(w, plan, ["G", "T", "Cin", "s", "Cout"]).reshape(g, -1, cg_in, math.prod(plan.strides) * cg_out)
+    offsets = [[p.dilation * j for j in range(p.taps)] for p in phases]
 
     def gemm(x: jax.Array, rows: Sequence[int]) -> jax.Array:  # -> (G, N, M1..Mn, s1..sn * Cg_out)
-        cols = _im2col(x, plan, rows)
+        cols = _im2col(x, offsets, rows)
         if not flat:
             dims = (((n + 2, n + 3), (1, 2)), ((0,), (0,)))
             return lax.dot_general(cols, k, dims, precision=precision, preferred_element_type=preferred)
@@ -253,6 +284,53 @@ def _gemm_channels_first(x, w, plan: Plan, precision, preferred, flat: bool = Tr
     return _shuffle(y, names, plan)
 
 
+def _lower_phases(x, w, plan: Plan, precision, preferred, flat: bool = True) -> jax.Array:
+    """The phase form without its zeros: each phase multiplies only the kernel taps it receives.
+
+    For each of the ``prod(strides)`` phases, an im2col of the padded input over that phase's
+    own taps (:func:`~jax_deconv._plan.phase_taps`: a k3 s2 axis gives its phases 2 and 1 taps,
+    not 2 and 2; a dilation that shares a factor with the stride leaves phases empty) and one
+    matrix product with those taps of the weight, a strided slice of it; empty phases are
+    zeros. The phases' results are interleaved as in ``'gemm'``. The work is the definition's
+    (up to the rows the crop keeps), the dilation is never materialised, and each im2col
+    holds at most ``prod(taps)`` copies of the input (the phases run one after another).
+    ``flat`` as in ``'gemm'``: False keeps the spatial axes in each dot, for XLA's partitioner.
+    """
+    if jnp.dtype(x.dtype).itemsize < 4:  # 16-bit inputs: multiply and accumulate in float32, as 'gemm'
+        x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+        return _lower_phases(x32, w32, plan, precision, None, flat).astype(preferred or x.dtype)
+    n, g = plan.ndim, plan.group
+    cg_out = plan.out_channels // g
+    x, w = _groups_lead(x, plan), _weight_groups(w, plan)
+    m = [p.m_end - p.m_begin for p in plan.phases]
+    rows = plan.batch * math.prod(m)
+    dtype = preferred or jnp.result_type(x, w)
+    per_axis = phase_taps(plan)
+    outs = []
+    for phase in np.ndindex(*plan.strides):
+        taps = [per_axis[i][r] for i, r in enumerate(phase)]
+        if not all(taps):  # no kernel tap reaches this phase
+            outs.append(jnp.zeros((g, plan.batch, *m, cg_out), dtype))
+            continue
+        cols = _im2col(x, [[o for o, _ in t] for t in taps], m)
+        # the phase's taps of one axis are evenly spaced in the kernel: a strided slice
+        first = [t[0][1] for t in taps]
+        step = [t[1][1] - t[0][1] if len(t) > 1 else 1 for t in taps]
+        wr = lax.slice(w, [0, 0, 0, *first], [*w.shape[:3], *(q + 1 + s * (len(t) - 1) for q, s, t in
+                                                              zip(first, step, taps))], [1, 1, 1, *step])
+        wr = jnp.moveaxis(wr, 1, -1).reshape(g, cg_out, -1)  # (G, Cg_out, T1*..*Tn * Cg_in)
+        cols = cols.reshape(*cols.shape[: n + 2], -1)  # (G, N, M1..Mn, T1*..*Tn * Cg_in)
+        if flat:
+            y = _matmul(cols.reshape(g, rows, -1), jnp.swapaxes(wr, 1, 2), precision, preferred)
+        else:
+            dims = (((n + 2,), (2,)), ((0,), (0,)))
+            y = lax.dot_general(cols, wr, dims, precision=precision, preferred_element_type=preferred)
+        outs.append(y.reshape(g, plan.batch, *m, cg_out).astype(dtype))
+    y = jnp.stack(outs, axis=n + 2).reshape(g, plan.batch, *m, *plan.strides, cg_out)
+    names = ["G", "N", *(f"M{i}" for i in range(n)), *(f"s{i}" for i in range(n)), "Cg"]
+    return _shuffle(y, names, plan)
+
+
 def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
     """The definition, one kernel tap at a time: no phase kernel, no zero ever multiplied.
 
@@ -269,12 +347,11 @@ def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
     n, g = plan.ndim, plan.group
     cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
     phases = plan.phases
-    if plan.data_format == "NCHW":  # x -> (N, G, Cg_in, S...), w -> (G, Cg_in, Cg_out, K...)
+    w = _weight_groups(w, plan)  # (G, Cg_in, Cg_out, K...)
+    if plan.data_format == "NCHW":  # x -> (N, G, Cg_in, S...)
         x = x.reshape(plan.batch, g, cg_in, *plan.in_spatial)
-        w = w.reshape(g, cg_in, cg_out, *plan.kernel)
     else:
         x = jnp.moveaxis(x.reshape(plan.batch, *plan.in_spatial, g, cg_in), (n + 1, n + 2), (1, 2))
-        w = jnp.moveaxis(w.reshape(g, cg_in, *plan.kernel, cg_out), -1, 2)
     dtype = preferred or jnp.result_type(x, w)
     phased = [1 < p.stride < p.out for p in phases]
     dims = []
@@ -324,6 +401,8 @@ def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer
     elif algorithm == "gemm":
         slab = gemm_slab(plan, jnp.dtype(x.dtype).itemsize, max_buffer_bytes)
         y = _lower_gemm(x, w, plan, precision, preferred, slab or 0, flat)
+    elif algorithm == "phases":
+        y = _lower_phases(x, w, plan, precision, preferred, flat)
     else:
         y = {"conv": _lower_conv, "taps": _lower_taps}[algorithm](x, w, plan, precision, preferred)
     if b is not None:
@@ -363,10 +442,14 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None, *, max_
 
     From the cost estimates of ``jax_deconv._cost`` (pure Python, from the plan's sizes):
 
-    * ``'taps'`` where the phase form's buffers (its phase kernel, padded input, interleaved
-      output) would exceed 8 times x + weight + y, or its work 4 times the definition's, which
-      large dilations and strides far above the input's size cause;
-    * on CPU, ``'gemm'``: its im2col in steps along the first spatial axis once it would
+    * where the phase form's buffers (its phase kernel, padded input, interleaved output)
+      would exceed 8 times x + weight + y, or its work 4 times the definition's (large
+      dilations, strides far above the input's size): ``'phases'`` if it unrolls at most 64
+      phases within those buffers and an im2col within ``max_buffer_bytes`` (default
+      32 MiB), else ``'taps'``;
+    * on CPU, ``'phases'`` where the phase form would do 3 times its work and it fits as
+      above (a dilation sharing a factor with the stride empties phases);
+    * on CPU otherwise, ``'gemm'``: its im2col in steps along the first spatial axis once it would
       exceed 32 MiB (or ``max_buffer_bytes``), unless an axis has more than 64 phase taps or
       one step (one phase row) would exceed ``max_buffer_bytes``; then ``'conv'``, which
       builds no im2col (slower on CPU);
@@ -386,6 +469,10 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None, *, max_
       ('gemm', 'conv')
       >>> choose_algorithm(plan, "float32", "cpu", max_buffer_bytes=2**10)  # one im2col row is 17 KiB
       'conv'
+      >>> dilated = conv_transpose_plan((1, 32, 16, 16, 16), (32, 16, 3, 3, 3), kernel_shape=3, strides=2,
+      ...                               dilations=2)  # only 1 of the 8 phases receives taps
+      >>> choose_algorithm(dilated, "float32", "cpu"), choose_algorithm(dilated, "float32", "gpu")
+      ('phases', 'phases')
     """
     if not all(isinstance(v, int) for v in (*plan.in_spatial, *plan.out_spatial)):
         return "conv"
@@ -410,11 +497,15 @@ def bind(
         if algorithm == "auto":
             runs = {choose_algorithm(plan, dtype, b, max_buffer_bytes=budget) for b in ("cpu", "gpu")}
         for name in sorted(runs - {"taps"}):
-            reason = phase_form_limit(plan, im2col=name == "gemm")
+            if name == "phases":
+                reason = phases_limit(plan)
+                need = f"would need {reason}"
+            else:
+                reason = phase_form_limit(plan, im2col=name == "gemm")
+                need = f"would build {reason}, more than XLA can index"
             if reason is not None:
                 raise ValueError(
-                    f"{op}: algorithm={algorithm!r} would build {reason}, more than XLA can index; "
-                    f"algorithm='taps' computes this call without the phase form."
+                    f"{op}: algorithm={algorithm!r} {need}; algorithm='taps' computes this call without the phase form."
                 )
         itemsize = np.dtype(dtype).itemsize
         if "gemm" in runs and not plan.is_zero and gemm_slab(plan, itemsize, budget) is None:

@@ -262,6 +262,35 @@ class Plan:
         return any(p.m_begin >= size + p.span for p, size in zip(self.phases, self.in_spatial))
 
 
+def phase_taps(plan: Plan) -> tuple[tuple[tuple[tuple[int, int], ...], ...], ...]:
+    """The kernel taps each phase really uses, per axis: ``[axis][phase] -> ((offset, q), ...)``.
+
+    Phase ``r`` of an axis with stride ``s > 1`` takes kernel tap ``q`` where ``d*q = s*a + r``
+    for a phase tap ``a < taps``; in the phase form's padded input that tap sits at offset
+    ``taps - 1 - a`` (the taps are flipped for the correlation). The other phase taps are the
+    zeros the phase form multiplies. An axis with ``s == 1`` has one phase, every tap ``q``
+    at offset ``d * (K - 1 - q)``. A phase with no tap on some axis receives no input.
+
+    >>> plan = make_plan((1, 1, 4), (1, 1, 3), None, kernel_shape=3, strides=2)
+    >>> phase_taps(plan)[0]  # axis 0: phase 0 takes taps 0 and 2, phase 1 tap 1
+    (((1, 0), (0, 2)), ((1, 1),))
+    >>> phase_taps(make_plan((1, 1, 4), (1, 1, 3), None, kernel_shape=3, strides=2, dilations=2))[0]
+    (((2, 0), (1, 1), (0, 2)), ())
+    """
+    axes = []
+    for p, kernel, dilation in zip(plan.phases, plan.kernel, plan.dilations):
+        if p.stride == 1:
+            axes.append((tuple((dilation * (kernel - 1 - q), q) for q in range(kernel)),))
+            continue
+        per_phase = []
+        for r in range(p.stride):
+            reach = [p.stride * a + r for a in range(p.taps)]  # full positions d*q of phase tap a
+            taps = [(p.taps - 1 - a, f // dilation) for a, f in enumerate(reach) if f % dilation == 0]
+            per_phase.append(tuple((offset, q) for offset, q in taps if q < kernel))
+        axes.append(tuple(per_phase))
+    return tuple(axes)
+
+
 def full_length(size: int, kernel: int, stride: int, dilation: int) -> int:
     """Length of the uncropped transposed convolution: ``s*(S-1) + d*(K-1) + 1``."""
     return stride * (size - 1) + dilation * (kernel - 1) + 1

@@ -117,7 +117,7 @@ def conv_transpose(
       use_consistent_padding: read ``(lo, hi)`` pairs as the forward convolution's padding.
       feature_group_count: channel groups (jax_deconv's extension); divides ``C_in`` and
         ``C_out``.
-      algorithm: jax_deconv's lowering, ``'auto'``, ``'conv'``, ``'gemm'`` or ``'taps'`` (with the
+      algorithm: jax_deconv's lowering, ``'auto'``, ``'conv'``, ``'gemm'``, ``'phases'`` or ``'taps'`` (with the
         default ``max_buffer_bytes`` of :func:`jax_deconv.conv_transpose`).
 
     Returns:

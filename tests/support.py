@@ -10,9 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-ALGORITHMS = ("conv", "gemm", "taps")
+ALGORITHMS = ("conv", "gemm", "phases", "taps")
 PHASE_ALGORITHMS = ("conv", "gemm")  # the lowerings 'auto' picks for ordinary layers
-VARIANTS = ("conv", "gemm", "gemm-steps", "taps")
+VARIANTS = ("conv", "gemm", "gemm-steps", "phases", "taps")
 """The algorithms, plus 'gemm' forced into its smallest steps (one phase row each) by the
 smallest ``max_buffer_bytes`` it accepts; :func:`variant_kwargs` turns a name into arguments."""
 GOLDEN_FORWARD_TOL, GOLDEN_GRADIENT_TOL = 1e-4, 1e-3  # what Dragon's float32 cases are matched to

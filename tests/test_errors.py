@@ -65,7 +65,8 @@ BAD = [
      r"`bias` must have shape \(C_out,\) = \(2,\); got \(3,\)"),
     (dict(inputs=[X.astype(np.int32), W]), TypeError, r"`x` must have a floating dtype .*; got int32"),
     (dict(inputs=[X, "w"]), TypeError, r"`weight` must .*"),
-    (dict(algorithm="fft"), ValueError, r"`algorithm` must be one of \('auto', 'conv', 'gemm', 'taps'\); got 'fft'"),
+    (dict(algorithm="fft"), ValueError,
+     r"`algorithm` must be one of \('auto', 'conv', 'gemm', 'phases', 'taps'\); got 'fft'"),
 ]
 
 

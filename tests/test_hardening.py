@@ -63,21 +63,23 @@ def _temp_bytes(f, *args) -> int:
 
 
 @pytest.mark.parametrize(
-    "x_shape,w_shape,kwargs",
+    "x_shape,w_shape,kwargs,chosen",
     [
-        ((1, 2, 1, 1, 1), (2, 3, 2, 2, 2), dict(kernel_shape=2, strides=2000)),  # stride >> input
-        ((1, 1, 5), (1, 1, 3), dict(kernel_shape=3, strides=2, dilations=20000, pads=(19990, 19995))),
-        ((1, 2, 3, 2), (2, 2, 3, 3), dict(kernel_shape=3, strides=(700, 3), dilations=(900, 1))),
+        ((1, 2, 1, 1, 1), (2, 3, 2, 2, 2), dict(kernel_shape=2, strides=2000), "taps"),  # stride >> input
+        ((1, 1, 5), (1, 1, 3), dict(kernel_shape=3, strides=2, dilations=20000, pads=(19990, 19995)), "phases"),
+        ((1, 2, 3, 2), (2, 2, 3, 3), dict(kernel_shape=3, strides=(700, 3), dilations=(900, 1)), "taps"),
+        ((1, 4, 6, 6, 6), (4, 4, 3, 3, 3), dict(kernel_shape=3, strides=2, dilations=2), "phases"),
     ],
 )
-def test_auto_never_builds_buffers_out_of_proportion(x_shape, w_shape, kwargs):
-    """'auto' picks the per-tap lowering where the phase form would build a huge phase kernel;
-    its compiled temporaries (forward and gradient) stay within 8x x + weight + y, and the
-    answer is the definition's."""
+def test_auto_never_builds_buffers_out_of_proportion(x_shape, w_shape, kwargs, chosen):
+    """'auto' leaves the phase form where it would build a huge phase kernel or multiply mostly
+    zeros: 'phases' (each phase with its own taps; an even dilation on an even stride leaves
+    half the phases empty) where its phases are few, else 'taps'. Compiled temporaries
+    (forward and gradient) stay within 8x x + weight + y, and the answer is the definition's."""
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
     plan = conv_transpose_plan(x_shape, w_shape, **kwargs)
-    assert choose_algorithm(plan, "float32", "cpu") == choose_algorithm(plan, "float32", "gpu") == "taps"
+    assert choose_algorithm(plan, "float32", "cpu") == choose_algorithm(plan, "float32", "gpu") == chosen
     call_bytes = 4 * (x.size + w.size + np.prod(plan.out_shape))
 
     def f(x, w):
@@ -96,12 +98,13 @@ def test_auto_never_builds_buffers_out_of_proportion(x_shape, w_shape, kwargs):
 INF_X = np.array([[[np.inf, 1.0]]], np.float32)
 
 
-def test_taps_propagates_non_finite_values_as_the_definition():
+@pytest.mark.parametrize("algorithm", ["phases", "taps"])
+def test_exact_lowerings_propagate_non_finite_values_as_the_definition(algorithm):
     """x = [inf, 1], w = ones(3), stride 2: y[3] = x[1]*w[1] = 1 (inf never meets a kernel zero)."""
     want = [np.inf, np.inf, np.inf, 1.0, 1.0]
     with np.errstate(invalid="ignore"):
         assert reference(INF_X, np.ones((1, 1, 3)), kernel_shape=3, strides=2).ravel().tolist() == want
-    y = conv1d_transpose([INF_X, jnp.ones((1, 1, 3))], kernel_shape=3, strides=2, algorithm="taps")
+    y = conv1d_transpose([INF_X, jnp.ones((1, 1, 3))], kernel_shape=3, strides=2, algorithm=algorithm)
     assert y.ravel().tolist() == want
 
 
@@ -265,7 +268,7 @@ def test_exports_for_every_platform(algorithm):
 
 
 def test_package_names_every_algorithm():
-    assert jax_deconv.ALGORITHMS == ("auto", "conv", "gemm", "taps")
+    assert jax_deconv.ALGORITHMS == ("auto", "conv", "gemm", "phases", "taps")
 
 
 @pytest.mark.parametrize(
@@ -293,3 +296,11 @@ def test_explicit_phase_lowering_refuses_what_xla_cannot_index(algorithm):
         conv3d_transpose([x, w], kernel_shape=3, strides=2000, algorithm=algorithm)
     y = conv3d_transpose([x, w], kernel_shape=3, strides=2000)
     np.testing.assert_array_equal(y, reference(x, w, kernel_shape=3, strides=2000))
+
+
+def test_explicit_phases_refuses_too_many_phases():
+    """'phases' unrolls one matrix product per phase; past MAX_PHASES it is refused by name."""
+    x, w = np.ones((1, 8, 1, 1, 1), np.float32), np.ones((8, 8, 3, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"conv3d_transpose: algorithm='phases' would need prod\(strides\) = "
+                                         r"8000000000 phases to unroll, .*\(limit 512\); algorithm='taps'"):
+        conv3d_transpose([x, w], kernel_shape=3, strides=2000, algorithm="phases")
