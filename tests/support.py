@@ -15,6 +15,7 @@ PHASE_ALGORITHMS = ("conv", "gemm")  # the lowerings 'auto' picks for ordinary l
 VARIANTS = ("conv", "gemm", "gemm-steps", "phases", "taps")
 """The algorithms, plus 'gemm' forced into its smallest steps (one phase row each) by the
 smallest ``max_buffer_bytes`` it accepts; :func:`variant_kwargs` turns a name into arguments."""
+FAST_COMPILE = "--xla_backend_optimization_level=0"  # the suite's compile level: see conftest.py
 GOLDEN_FORWARD_TOL, GOLDEN_GRADIENT_TOL = 1e-4, 1e-3  # what Dragon's float32 cases are matched to
 
 # rtol = atol, relative to the scale of the output (see `assert_close`)

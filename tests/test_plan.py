@@ -83,3 +83,24 @@ def test_eval_shape_agrees_with_plan():
     out = jax.eval_shape(lambda x, w: conv2d_transpose([x, w], kernel_shape=(2, 3), strides=(3, 2),
                                                        pads=(1, 0, 0, 2), output_padding=(2, 1)), x, w)
     assert out.shape == plan.out_shape == (1, 2, 12, 10)
+
+
+@pytest.mark.parametrize("kernel,stride,dilation", [(3, 2, 1), (3, 2, 2), (5, 2, 1), (4, 3, 2), (3, 4, 6), (2, 1, 3)])
+def test_phase_taps_split_the_kernel_by_full_position(kernel, stride, dilation):
+    """Tap q lands at full position d*q = s*a + r: phase r, phase tap a, so offset taps-1-a in the
+    flipped correlation (stride 1: one phase, offset d*(K-1-q)); every tap in exactly one phase."""
+    from jax_deconv._plan import phase_taps
+
+    plan = conv_transpose_plan((1, 1, 4), (1, 1, kernel), kernel_shape=kernel, strides=stride, dilations=dilation)
+    phases = phase_taps(plan)[0]
+    seen = sorted(q for taps in phases for _, q in taps)
+    assert seen == list(range(kernel))
+    if stride == 1:
+        assert phases == (tuple((dilation * (kernel - 1 - q), q) for q in range(kernel)),)
+        return
+    taps = -(-(dilation * (kernel - 1) + 1) // stride)
+    assert len(phases) == stride
+    for r, phase in enumerate(phases):
+        assert sorted(phase, key=lambda t: t[1]) == [
+            (taps - 1 - dilation * q // stride, q) for q in range(kernel) if dilation * q % stride == r
+        ]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from support import FAST_COMPILE
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -21,7 +22,8 @@ def test_multidevice_cases_pass_on_8_devices():
 
     if not hasattr(jax, "shard_map") or not hasattr(jax.sharding, "AxisType"):
         pytest.skip("this JAX has no jax.shard_map / sharding in types")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    flags = f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}"  # compile level: see conftest.py
+    env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
          os.path.join(HERE, "multidevice_cases.py")],

@@ -14,7 +14,7 @@ import pytest
 from support import ALGORITHMS
 
 SWEEP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sweep.py")
-COUNT = 40
+COUNT = 24
 
 
 def run_sweep(*args: str) -> subprocess.CompletedProcess:
