@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from suite import CONFIGS, _shapes, ours
 
+import jax_deconv
+
 
 def op_times(fn, args, calls: int) -> collections.Counter:
     """Milliseconds per call of every XLA op (host threads and device streams) in a profile."""
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--mode", default="forward", choices=["forward", "train"])
     parser.add_argument("--layout", default="NHWC", choices=["NCHW", "NHWC"])
-    parser.add_argument("--algorithm", default="auto", choices=["auto", "conv", "gemm"])
+    parser.add_argument("--algorithm", default="auto", choices=jax_deconv.ALGORITHMS)
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--top", type=int, default=12)
     a = parser.parse_args(argv)
