@@ -26,16 +26,18 @@ from typing import Any
 from jax_deconv._plan import MAX_ARGUMENT, MAX_ELEMENTS, Plan
 
 
+def _phase_rows(plan: Plan) -> int:
+    """Batch times the phase rows every phase computes (a symbolic batch counts as one example)."""
+    batch = plan.batch if isinstance(plan.batch, int) else 1
+    return batch * math.prod(p.m_end - p.m_begin for p in plan.phases)
+
+
 def phase_buffer_elements(plan: Plan) -> int:
     """Elements of the im2col buffer of the phase-GEMM lowering (taps x padded input).
 
     A symbolic batch size (``jax.export`` shape polymorphism) counts as one example.
     """
-    phases = plan.phases
-    rows = math.prod(p.m_end - p.m_begin for p in phases)
-    taps = math.prod(p.taps for p in phases)
-    batch = plan.batch if isinstance(plan.batch, int) else 1
-    return batch * rows * taps * plan.in_channels
+    return _phase_rows(plan) * math.prod(p.taps for p in plan.phases) * plan.in_channels
 
 
 def _padded_and_interleaved(plan: Plan) -> tuple[int, int]:
@@ -71,10 +73,8 @@ def call_elements(plan: Plan) -> int:
 def phase_form_macs(plan: Plan) -> int:
     """Multiply-adds of the phase form: every phase tap, the zeros of a dilated or padded
     phase kernel included (a symbolic batch counts as one example)."""
-    batch = plan.batch if isinstance(plan.batch, int) else 1
-    rows = math.prod(p.m_end - p.m_begin for p in plan.phases)
     taps = math.prod(p.kernel_padded for p in plan.phases)
-    return batch * rows * taps * plan.in_channels * (plan.out_channels // plan.group)
+    return _phase_rows(plan) * taps * plan.in_channels * (plan.out_channels // plan.group)
 
 
 def definition_macs(plan: Plan) -> int:
@@ -84,18 +84,15 @@ def definition_macs(plan: Plan) -> int:
     return batch * math.prod(plan.in_spatial) * math.prod(plan.kernel) * plan.in_channels * per_group
 
 
-def _phase_spread(plan: Plan) -> list[tuple[int, int]]:
-    """Per axis, ``(phases that take a tap, most taps one phase takes)``.
+def _most_phase_taps(plan: Plan) -> int:
+    """The most kernel taps one phase takes (the product over axes).
 
     Tap ``q`` lands in phase ``d*q mod s``; those residues repeat every ``s' = s / gcd(d, s)``
-    taps, so ``min(K, s')`` phases take taps, ``ceil(K / s')`` at most each (the same as
-    :func:`~jax_deconv._plan.phase_taps`, without listing the phases).
+    taps, so a phase takes at most ``ceil(K / s')`` taps of an axis (as
+    :func:`~jax_deconv._plan.phase_taps` lists them, without listing the phases).
     """
-    spread = []
-    for kernel, stride, dilation in zip(plan.kernel, plan.strides, plan.dilations):
-        cycle = stride // math.gcd(dilation, stride)
-        spread.append((min(kernel, cycle), -(-kernel // cycle)))
-    return spread
+    cycles = (stride // math.gcd(dilation, stride) for stride, dilation in zip(plan.strides, plan.dilations))
+    return math.prod(-(-kernel // cycle) for kernel, cycle in zip(plan.kernel, cycles))
 
 
 def phases_count(plan: Plan) -> int:
@@ -107,19 +104,13 @@ def phases_count(plan: Plan) -> int:
 def phases_im2col_elements(plan: Plan) -> int:
     """Elements of ``'phases'``' largest im2col: the phase with most taps (at most the phase
     form's ``prod(taps)``); the phases are computed one after another."""
-    phases = plan.phases
-    batch = plan.batch if isinstance(plan.batch, int) else 1
-    rows = math.prod(p.m_end - p.m_begin for p in phases)
-    return batch * rows * plan.in_channels * math.prod(most for _, most in _phase_spread(plan))
+    return _phase_rows(plan) * plan.in_channels * _most_phase_taps(plan)
 
 
 def phases_macs(plan: Plan) -> int:
     """Multiply-adds of ``'phases'``: every phase's own taps over the phase rows (each kernel
     tap falls in exactly one phase, so this is the definition's work over the kept rows)."""
-    phases = plan.phases
-    batch = plan.batch if isinstance(plan.batch, int) else 1
-    rows = math.prod(p.m_end - p.m_begin for p in phases)
-    return batch * rows * math.prod(plan.kernel) * plan.in_channels * (plan.out_channels // plan.group)
+    return _phase_rows(plan) * math.prod(plan.kernel) * plan.in_channels * (plan.out_channels // plan.group)
 
 
 PHASE_BUDGET = 8
@@ -278,10 +269,8 @@ def candidates(plan: Plan, itemsize: int, max_buffer_bytes: int | None = None) -
         im2col = whole if slab == 0 else gemm_row_bytes(plan, itemsize) * slab
     gemm = Cost("gemm", phase_macs, im2col, phase_buffers, slab or 0, reason)
     phase_im2col = phases_im2col_elements(plan) * _itemsize(itemsize)
-    reason = phases_limit(plan)
-    if reason is None and max_buffer_bytes is not None and phase_im2col > max_buffer_bytes:
-        reason = f"an im2col of {phase_im2col} bytes, more than max_buffer_bytes={max_buffer_bytes}"
-    phases = Cost("phases", phases_macs(plan), phase_im2col, max(_padded_and_interleaved(plan)), reason=reason)
+    buffers = max(_padded_and_interleaved(plan))
+    phases = Cost("phases", phases_macs(plan), phase_im2col, buffers, reason=phases_limit(plan))
     many = math.prod(plan.kernel) > MAX_TAPS
     taps = Cost("taps", definition_macs(plan), 0, y, reason=f"more than {MAX_TAPS} kernel taps" if many else None)
     return conv, gemm, phases, taps
