@@ -13,7 +13,11 @@ Variants (every answer is checked against the one-device result first):
 * ``1 device``: plain ``jit``.
 * ``batch``: the batch split over the devices (explicit sharding; each device runs its own
   examples under ``shard_map``).
-* ``depth, XLA``: the depth axis split; XLA's SPMD partitioner places the op (``auto_axes``).
+* ``depth, sharded x``: the depth axis split in x's type (explicit axes) and ``conv_transpose``
+  called as usual: it runs each device's block under ``shard_map`` with a halo exchange.
+* ``depth, XLA (Auto axes)``: the depth axis split on a mesh of ``AxisType.Auto`` axes, where
+  XLA's SPMD partitioner places the op (on a one-axis mesh its weight gradient is right; see
+  the README on meshes with more axes).
 * ``depth, halo``: the depth axis split; :func:`jax_deconv.conv_transpose_halo` under
   ``shard_map`` exchanges one-slice halos with ``ppermute``.
 """
@@ -121,13 +125,16 @@ def main() -> int:
                 xs = jax.device_put(x, NamedSharding(mesh, split))
                 halo = jax.shard_map(lambda x, w: conv_transpose_halo([x, w], axis_name="d", **LAYER), mesh=mesh,
                                      in_specs=(split, P()), out_specs=split)
-                variants += [(f"depth over {a.devices}, XLA", wrap(plain), (xs, w)),
+                auto = jax.make_mesh((a.devices,), ("d",), axis_types=(jax.sharding.AxisType.Auto,))
+                xa = jax.device_put(x, NamedSharding(auto, split))
+                variants += [(f"depth over {a.devices}, sharded x", wrap(plain), (xs, w)),
+                             (f"depth over {a.devices}, XLA (Auto axes)", wrap(plain), (xa, w)),
                              (f"depth over {a.devices}, halo", wrap(halo), (xs, w))]
             for name, fn, args in variants:
                 row = dict(mode=mode, x_shape=list(x.shape), **measure(name, fn, args, reference, a.repeats))
                 rows.append(row)
                 sent = ", ".join(f"{k} {v:.2f}" for k, v in row["sent_mib"].items()) or "none"
-                print(f"{mode:17s} x{tuple(x.shape)!s:22s} {name:22s} {row['median_ms']:9.2f} ms  "
+                print(f"{mode:17s} x{tuple(x.shape)!s:22s} {name:32s} {row['median_ms']:9.2f} ms  "
                       f"per-device {row['per_device_mib']:8.1f} MiB (temp {row['temp_mib']:7.1f})  "
                       f"sent/device MiB: {sent}", flush=True)
     if a.out:

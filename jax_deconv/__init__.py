@@ -17,6 +17,19 @@ from jax_deconv._types import ALGORITHMS, Algorithm, DataFormat, Padding
 
 __version__ = "0.1.0"
 
+_ADAPTERS = ("equinox", "flax")  # need their framework: imported on first attribute access
+
+
+def __getattr__(name: str):
+    """``jax_deconv.equinox`` and ``jax_deconv.flax`` load when first used, so that
+    ``import jax_deconv`` imports no framework while ``jax_deconv.flax.nnx.ConvTranspose``
+    works after it."""
+    if name in _ADAPTERS:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "ALGORITHMS",
     "Algorithm",

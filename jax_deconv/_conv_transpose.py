@@ -40,6 +40,7 @@ def _conv_transpose(
     max_buffer_bytes: Any = None,
 ) -> jax.Array:
     x, w, b = unpack_inputs(op, inputs)
+    _check_default_kernel(op, kernel_shape, x.shape)
     sizes = {
         name: static_sizes(op, name, value)
         for name, value in (("kernel_shape", kernel_shape), ("strides", strides), ("pads", pads),
@@ -51,13 +52,27 @@ def _conv_transpose(
         op=op, ndim=ndim,
     )
     x, w, b = promote(x, w, b)
-    apply = bind(op, plan, algorithm, precision, check_preferred(op, preferred_element_type), x.dtype, max_buffer_bytes)
+    preferred = check_preferred(op, preferred_element_type, x.dtype)
+    apply = bind(op, plan, algorithm, precision, preferred, x.dtype, max_buffer_bytes)
     return under_explicit_sharding(apply, plan, x, w, b)
+
+
+DEFAULT_KERNEL = (3, 3)
+"""``conv_transpose``'s default ``kernel_shape``, Dragon's (told apart from a value passed)."""
+
+
+def _check_default_kernel(op: str, kernel_shape: Any, x_shape: Sequence[Any]) -> None:
+    if kernel_shape is DEFAULT_KERNEL and len(x_shape) != 4:
+        raise ValueError(
+            f"{op}: `kernel_shape` was not given, and its default {DEFAULT_KERNEL} (Dragon's) is for 2 spatial "
+            f"axes; x has shape {tuple(x_shape)}, {len(x_shape) - 2} spatial axes: pass kernel_shape (an int or "
+            f"one per axis)."
+        )
 
 
 def conv_transpose(
     inputs: Sequence[jax.typing.ArrayLike],
-    kernel_shape: int | Sequence[int] = (3, 3),
+    kernel_shape: int | Sequence[int] = DEFAULT_KERNEL,
     strides: int | Sequence[int] = 1,
     pads: int | Sequence[int] = 0,
     dilations: int | Sequence[int] = 1,
@@ -212,7 +227,7 @@ def conv_transpose_plan(
     x_shape: Sequence[int],
     weight_shape: Sequence[int],
     bias_shape: Sequence[int] | None = None,
-    kernel_shape: int | Sequence[int] = (3, 3),
+    kernel_shape: int | Sequence[int] = DEFAULT_KERNEL,
     strides: int | Sequence[int] = 1,
     pads: int | Sequence[int] = 0,
     dilations: int | Sequence[int] = 1,
@@ -237,6 +252,7 @@ def conv_transpose_plan(
     """
     op = "conv_transpose_plan"
     x_shape, weight_shape = check_shape(op, "x_shape", x_shape), check_shape(op, "weight_shape", weight_shape)
+    _check_default_kernel(op, kernel_shape, x_shape)
     bias_shape = None if bias_shape is None else check_shape(op, "bias_shape", bias_shape)
     return make_plan(
         x_shape, weight_shape, bias_shape, kernel_shape=kernel_shape, strides=strides, pads=pads,

@@ -120,8 +120,34 @@ definition's (plus 2**16); past either, the per-tap lowering, whose buffers neve
 and whose work is the definition's. (Ordinary layers: 1x to 2.4x the work, about 1x the
 buffers; large dilations and strides above the input's size: thousands of times.)"""
 
-MAX_TAPS = 4096
-"""The per-tap lowering unrolls one matrix product per kernel tap: at most this many."""
+MAX_OPS = 4096
+"""The most ops (:func:`ops_emitted`) an explicitly chosen lowering may unroll; past it the
+call is refused by name. XLA compiles every unrolled op: measured on 2 cores (AMD EPYC,
+2026-12-03), the gradient of a 1-D ``'taps'`` call compiled in 1.9 s with 64 taps and 9 s with
+256, a 3-D one in 6 s with 64; the forward alone of 4096 taps took 55 s and 5.9 GB."""
+
+AUTO_MAX_OPS = 256
+"""The most ops ``'auto'`` lets a lowering unroll (64 taps of ``'taps'``: seconds to compile)."""
+
+
+def ops_emitted(plan: Plan, algorithm: str) -> int:
+    """The ops ``algorithm``'s forward emits for ``plan`` that grow with the kernel or strides.
+
+    ``'conv'``: one convolution. ``'gemm'``: an im2col slice per phase tap and axis, and one
+    matrix product (its steps are one loop body). ``'phases'``: per phase, as ``'gemm'`` over
+    that phase's taps, plus a slice of the weight. ``'taps'``: per kernel tap, a slice of x
+    and of the weight, a matrix product and a scatter-add (4). The backward emits about twice
+    as many.
+    """
+    if algorithm == "conv":
+        return 1
+    if algorithm == "gemm":
+        return sum(p.taps for p in plan.phases) + 1
+    if algorithm == "phases":
+        cycles = (stride // math.gcd(dilation, stride) for stride, dilation in zip(plan.strides, plan.dilations))
+        per_phase = sum(-(-kernel // cycle) for kernel, cycle in zip(plan.kernel, cycles)) + 2
+        return phases_count(plan) * per_phase
+    return 4 * math.prod(plan.kernel)
 
 
 def phase_form_limit(plan: Plan, *, im2col: bool) -> str | None:
@@ -140,13 +166,21 @@ def phase_form_limit(plan: Plan, *, im2col: bool) -> str | None:
     return None
 
 
+def phase_form_buffers_fit(plan: Plan) -> bool:
+    """Whether the phase form's buffers stay within :data:`PHASE_BUDGET` times x + weight + y."""
+    return phase_form_elements(plan) <= PHASE_BUDGET * call_elements(plan) + 2**20
+
+
 def phase_form_fits(plan: Plan) -> bool:
-    """Whether the phase lowerings stay within budget (see :data:`PHASE_BUDGET`)."""
-    if math.prod(plan.kernel) > MAX_TAPS:  # too many taps to unroll: the phase form if it can be built
-        return phase_form_limit(plan, im2col=False) is None
-    buffers_fit = phase_form_elements(plan) <= PHASE_BUDGET * call_elements(plan) + 2**20
+    """Whether the phase lowerings stay within budget, buffers and work (see :data:`PHASE_BUDGET`)."""
     work_fits = phase_form_macs(plan) <= PHASE_BUDGET // 2 * definition_macs(plan) + 2**16
-    return buffers_fit and work_fits
+    return phase_form_buffers_fit(plan) and work_fits
+
+
+REFUSE_BUFFER_BYTES = 2**30
+"""An explicit ``'conv'`` or ``'gemm'`` is refused when a phase-form buffer would exceed both
+this and :data:`PHASE_BUDGET` times x + weight + y (a dilation of 1000 cropped to a few
+positions: tens of GB for a call of kilobytes)."""
 
 
 def check_max_buffer_bytes(op: str, value: Any) -> int | None:
@@ -228,6 +262,8 @@ class Cost:
         the largest phase's).
       buffer_elements: its largest other buffer: the phase kernel, padded input or interleaved
         output of the phase form; for ``'taps'``, y.
+      ops: the ops its forward emits that grow with the kernel or the strides (see
+        :func:`ops_emitted`): compile time and XLA's scheduling follow them.
       slab: ``'gemm'``: phase rows of the first spatial axis per step (0: one step).
       reason: why it cannot run this call (None: it can).
     """
@@ -236,6 +272,7 @@ class Cost:
     macs: int
     im2col_bytes: int
     buffer_elements: int
+    ops: int = 1
     slab: int = 0
     reason: str | None = None
 
@@ -259,6 +296,7 @@ def candidates(plan: Plan, itemsize: int, max_buffer_bytes: int | None = None) -
     batch = plan.batch if isinstance(plan.batch, int) else 1
     y = batch * plan.out_channels * math.prod(plan.out_spatial)
     conv = Cost("conv", phase_macs, 0, phase_buffers, reason=phase_form_limit(plan, im2col=False))
+    gemm_ops, phases_ops, taps_ops = (ops_emitted(plan, name) for name in ("gemm", "phases", "taps"))
     reason = phase_form_limit(plan, im2col=True)
     slab = gemm_slab(plan, itemsize, max_buffer_bytes)
     whole = phase_buffer_elements(plan) * _itemsize(itemsize)
@@ -267,13 +305,42 @@ def candidates(plan: Plan, itemsize: int, max_buffer_bytes: int | None = None) -
         im2col = whole
     else:
         im2col = whole if slab == 0 else gemm_row_bytes(plan, itemsize) * slab
-    gemm = Cost("gemm", phase_macs, im2col, phase_buffers, slab or 0, reason)
+    reason = reason or _too_many_ops(gemm_ops)
+    gemm = Cost("gemm", phase_macs, im2col, phase_buffers, gemm_ops, slab or 0, reason)
     phase_im2col = phases_im2col_elements(plan) * _itemsize(itemsize)
     buffers = max(_padded_and_interleaved(plan))
-    phases = Cost("phases", phases_macs(plan), phase_im2col, buffers, reason=phases_limit(plan))
-    many = math.prod(plan.kernel) > MAX_TAPS
-    taps = Cost("taps", definition_macs(plan), 0, y, reason=f"more than {MAX_TAPS} kernel taps" if many else None)
+    phases_reason = phases_limit(plan) or _too_many_ops(phases_ops)
+    phases = Cost("phases", phases_macs(plan), phase_im2col, buffers, phases_ops, reason=phases_reason)
+    taps = Cost("taps", definition_macs(plan), 0, y, taps_ops, reason=_too_many_ops(taps_ops))
     return conv, gemm, phases, taps
+
+
+def _too_many_ops(ops: int) -> str | None:
+    return f"{ops} ops to unroll (limit {MAX_OPS})" if ops > MAX_OPS else None
+
+
+def refusal(plan: Plan, algorithm: str, itemsize: int, max_buffer_bytes: int | None = None) -> str | None:
+    """Why an explicit ``algorithm`` is refused for ``plan`` (completing "algorithm=... would"), or None.
+
+    A buffer XLA cannot index, more than :data:`MAX_OPS` ops to unroll, more than
+    :data:`~jax_deconv._cost.MAX_PHASES` phases, a phase-form buffer beyond
+    :data:`REFUSE_BUFFER_BYTES` and out of proportion to the call, or (``'gemm'``) no im2col
+    step within ``max_buffer_bytes``. A call whose output no input reaches runs no lowering.
+    """
+    if plan.is_zero:
+        return None
+    cost = {c.algorithm: c for c in candidates(plan, itemsize, max_buffer_bytes)}[algorithm]
+    if algorithm in ("conv", "gemm"):
+        unindexable = phase_form_limit(plan, im2col=algorithm == "gemm")
+        if unindexable is not None:
+            return f"build {unindexable}, more than XLA can index"
+        largest = phase_form_elements(plan) * _itemsize(itemsize)
+        if largest > REFUSE_BUFFER_BYTES and not phase_form_buffers_fit(plan):
+            return (
+                f"build a phase-form buffer of {largest} bytes (phase kernel, padded input or interleaved "
+                f"output) for a call whose x + weight + y hold {call_elements(plan) * itemsize} bytes"
+            )
+    return None if cost.reason is None else f"need {cost.reason}"
 
 
 def _phases_fit(plan: Plan, phases: Cost, max_buffer_bytes: int | None) -> bool:
@@ -293,7 +360,10 @@ def choose(plan: Plan, itemsize: int, backend: str, max_buffer_bytes: int | None
 
     * where the phase form is out of proportion (:func:`phase_form_fits`): ``'phases'`` if it
       fits (at most ``PHASES_AUTO_MAX`` phases, buffers within ``PHASE_BUDGET``, its im2col
-      within ``max_buffer_bytes``, default 32 MiB), else ``'taps'``;
+      within ``max_buffer_bytes``, default 32 MiB), else ``'taps'`` if it unrolls at most
+      ``AUTO_MAX_OPS`` ops, else ``'conv'`` where only the phase form's work is out of
+      proportion, not its buffers (one op to compile), else the one of ``'phases'`` and
+      ``'taps'`` with fewer ops;
     * on CPU, ``'phases'`` where the phase form would do ``PHASES_WASTE`` times its work and
       it fits; else ``'gemm'`` (XLA:CPU's dots reach a fast GEMM, its convolutions do not),
       in steps as :func:`gemm_slab` says, unless an axis has more than ``GEMM_MAX_TAPS``
@@ -304,7 +374,18 @@ def choose(plan: Plan, itemsize: int, backend: str, max_buffer_bytes: int | None
     """
     conv, gemm, phases, taps = candidates(plan, itemsize, max_buffer_bytes)
     if not phase_form_fits(plan):
-        return phases if _phases_fit(plan, phases, max_buffer_bytes) else taps
+        if _phases_fit(plan, phases, max_buffer_bytes):
+            return phases
+        if taps.reason is None and taps.ops <= AUTO_MAX_OPS:
+            return taps
+        # Many taps: their ops would take long to compile. The phase form in one op, where
+        # its buffers are in proportion (its work is not: a long or dilated kernel on a short
+        # input), else the fewer ops of 'phases' and 'taps'.
+        if conv.reason is None and phase_form_buffers_fit(plan):
+            return conv
+        if phases.reason is None and phases.ops <= taps.ops:
+            return phases
+        return taps
     if backend != "cpu":
         return conv
     if gemm.macs >= PHASES_WASTE * phases.macs and _phases_fit(plan, phases, max_buffer_bytes):

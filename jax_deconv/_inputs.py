@@ -57,6 +57,13 @@ def as_floating(op: str, name: str, value: Any) -> jax.Array:
             f"{op}: `{name}` must be an array (or a rectangular nested list of floats); "
             f"got {type(value).__name__}: {str(e).splitlines()[0]}"
         ) from None
+    if jnp.issubdtype(array.dtype, jnp.complexfloating):
+        raise TypeError(
+            f"{op}: `{name}` must have {FLOATING}; got {array.dtype}: complex inputs are not supported "
+            f"(unlike lax.conv_transpose, PyTorch, Flax and Equinox). The operator is bilinear, so for "
+            f"x = xr + i*xi and w = wr + i*wi compute y = (f(xr, wr) - f(xi, wi)) + i*(f(xr, wi) + f(xi, wr)) "
+            f"with four real calls f."
+        )
     if not _floating_with_zero(array.dtype):
         raise TypeError(
             f"{op}: `{name}` must have {FLOATING}; got {array.dtype} (jax_deconv computes in floating point)."
@@ -93,8 +100,16 @@ def static_sizes(op: str, name: str, value: Any) -> Any:
     return value
 
 
-def check_preferred(op: str, preferred_element_type: Any) -> np.dtype | None:
-    """``preferred_element_type``: None or a floating dtype (an integer one would truncate)."""
+def check_preferred(op: str, preferred_element_type: Any, dtype: Any) -> np.dtype | None:
+    """``preferred_element_type``: None or a floating dtype (an integer one would truncate) that
+    holds the inputs' common ``dtype`` exactly (as ``lax.conv_general_dilated`` requires), for
+    every algorithm alike."""
     if preferred_element_type is None:
         return None
-    return check_floating(op, "preferred_element_type", preferred_element_type)
+    preferred = check_floating(op, "preferred_element_type", preferred_element_type)
+    if jnp.promote_types(preferred, dtype) != preferred:
+        raise TypeError(
+            f"{op}: `preferred_element_type` must be at least as wide as the inputs' dtype {jnp.dtype(dtype)} "
+            f"(the accumulation and output dtype; it may not round the inputs); got {preferred}."
+        )
+    return preferred

@@ -21,12 +21,14 @@ from jax_deconv._plan import _as_int, _as_sequence, _choice, _is_int, _output_si
 from jax_deconv._types import ALGORITHMS, DATA_FORMATS, PADDINGS, Algorithm, DataFormat, Padding
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, repr=False)
 class ConvTranspose:
     """An N-d transposed convolution layer with Dragon's semantics (see :func:`conv_transpose`).
 
     ``weight``: ``(C_in, C_out/group, *kernel)`` for NCHW, ``(C_in, *kernel, C_out/group)`` for
-    NHWC; ``bias``: ``(C_out,)`` or None. Build one with :meth:`init`.
+    NHWC; ``bias``: ``(C_out,)`` or None. Build one with :meth:`init`, or directly around
+    existing arrays (``ConvTranspose3d(weight=w, bias=b, kernel_shape=4, strides=2, pads=1)``):
+    either way the configuration is checked and stored normalised when the layer is made.
 
     Examples:
       >>> import jax
@@ -36,6 +38,9 @@ class ConvTranspose:
       (2, 4, 10, 10, 10)
       >>> jax.tree.map(lambda p: p.shape, jax.tree.leaves(layer))
       [(8, 4, 4, 4, 4), (4,)]
+      >>> layer  # shapes and the configuration that differs from the defaults
+      ConvTranspose3d(weight=float32[8,4,4,4,4], bias=float32[4], kernel_shape=(4, 4, 4), strides=(2, 2, 2), \
+pads=(1, 1, 1, 1, 1, 1))
     """
 
     weight: jax.Array
@@ -53,6 +58,22 @@ class ConvTranspose:
     max_buffer_bytes: int | None = None
 
     ndim: ClassVar[int | None] = None  # fixed by ConvTranspose1d/2d/3d; else len(kernel_shape)
+
+    def __post_init__(self) -> None:
+        # Runs when a layer is made (init or by hand), not when JAX rebuilds the pytree (see
+        # _register), whose leaves may be tracers, stacked arrays or anything else.
+        config = _normalised(type(self), {f.name: getattr(self, f.name) for f in _CONFIG})
+        for name, value in config.items():
+            object.__setattr__(self, name, value)
+        _check_leaves(self)
+
+    def __repr__(self) -> str:
+        fields = [f"weight={_leaf(self.weight)}", f"bias={_leaf(self.bias)}"]
+        for f in _CONFIG:
+            value = getattr(self, f.name)
+            if f.name == "kernel_shape" or value != _default(f, len(self.kernel_shape)):
+                fields.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(fields)})"
 
     @classmethod
     def init(
@@ -86,42 +107,28 @@ class ConvTranspose:
         tuples of Python ints, ``pads`` as all begins then all ends, upper-case strings.
         """
         op = cls.__name__
-        n = cls.ndim
-        if n is None:  # the generic layer: as many spatial axes as kernel_shape has entries
-            allowed = "an int or a sequence of ints >= 1"
-            n = 1 if _is_int(kernel_shape) else len(_as_sequence(op, "kernel_shape", kernel_shape, allowed))
-        kernel = per_axis(op, "kernel_shape", kernel_shape, n, 1)
+        config = _normalised(cls, dict(
+            kernel_shape=kernel_shape, strides=strides, pads=pads, dilations=dilations, group=group,
+            padding=padding, output_padding=output_padding, output_shape=output_shape, data_format=data_format,
+            algorithm=algorithm, max_buffer_bytes=max_buffer_bytes,
+        ))
+        kernel, group = config["kernel_shape"], config["group"]
         in_channels = _as_int(op, "in_channels", in_channels, 1)
         out_channels = _as_int(op, "out_channels", out_channels, 1)
-        group = _as_int(op, "group", group, 1)
         if in_channels % group or out_channels % group:
             raise ValueError(
                 f"{op}: `group` (={group!r}) must divide in_channels (={in_channels}) and "
                 f"out_channels (={out_channels})."
             )
-        data_format = cast(DataFormat, _choice(op, "data_format", data_format, DATA_FORMATS))
-        padding = cast(Padding, _choice(op, "padding", padding, PADDINGS))
-        if algorithm not in ALGORITHMS:
-            raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
-        budget = check_max_buffer_bytes(op, max_buffer_bytes)
-        begins, ends = resolve_pads(op, pads, n)
-        output_padding_ = _output_sizes(op, "output_padding", output_padding, n, 0)
-        output_shape_ = _output_sizes(op, "output_shape", output_shape, n, 1)
-        if output_shape_ is None and padding != "VALID":
-            raise ValueError(f"{op}: `output_shape` is required for padding={padding!r}; got None.")
         per_group = out_channels // group
         fan_in = per_group * math.prod(kernel)
         bound = 1.0 / math.sqrt(fan_in)
-        shape = (in_channels, per_group, *kernel) if data_format == "NCHW" else (in_channels, *kernel, per_group)
+        nchw = config["data_format"] == "NCHW"
+        shape = (in_channels, per_group, *kernel) if nchw else (in_channels, *kernel, per_group)
         wkey, bkey = jax.random.split(key)
         weight = jax.random.uniform(wkey, shape, dtype, -bound, bound)
         bias = jax.random.uniform(bkey, (out_channels,), dtype, -bound, bound) if use_bias else None
-        return cls(
-            weight=weight, bias=bias, kernel_shape=kernel, strides=per_axis(op, "strides", strides, n, 1),
-            pads=begins + ends, dilations=per_axis(op, "dilations", dilations, n, 1), group=group,
-            padding=padding, output_padding=output_padding_, output_shape=output_shape_,
-            data_format=data_format, algorithm=algorithm, max_buffer_bytes=budget,
-        )
+        return cls(weight=weight, bias=bias, **config)
 
     def __call__(self, x: jax.typing.ArrayLike) -> jax.Array:
         """Apply to a batch ``x`` (``(N, C_in, *spatial)`` or ``(N, *spatial, C_in)``)."""
@@ -141,18 +148,105 @@ class ConvTranspose:
         )
 
 
+_CONFIG = [f for f in dataclasses.fields(ConvTranspose) if f.name not in ("weight", "bias")]
+
+
+def _normalised(cls: type[ConvTranspose], config: dict[str, Any]) -> dict[str, Any]:
+    """The configuration fields checked (messages name the class) and normalised: tuples of
+    Python ints, ``pads`` as all begins then all ends, upper-case strings."""
+    op, n = cls.__name__, cls.ndim
+    kernel_shape = config["kernel_shape"]
+    if n is None:  # the generic layer: as many spatial axes as kernel_shape has entries
+        allowed = "an int or a sequence of ints >= 1"
+        n = 1 if _is_int(kernel_shape) else len(_as_sequence(op, "kernel_shape", kernel_shape, allowed))
+    padding = cast(Padding, _choice(op, "padding", config["padding"], PADDINGS))
+    algorithm = config["algorithm"]
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
+    begins, ends = resolve_pads(op, config["pads"], n)
+    output_shape = _output_sizes(op, "output_shape", config["output_shape"], n, 1)
+    if output_shape is None and padding != "VALID":
+        raise ValueError(f"{op}: `output_shape` is required for padding={padding!r}; got None.")
+    return dict(
+        kernel_shape=per_axis(op, "kernel_shape", kernel_shape, n, 1),
+        strides=per_axis(op, "strides", config["strides"], n, 1),
+        pads=begins + ends,
+        dilations=per_axis(op, "dilations", config["dilations"], n, 1),
+        group=_as_int(op, "group", config["group"], 1),
+        padding=padding,
+        output_padding=_output_sizes(op, "output_padding", config["output_padding"], n, 0),
+        output_shape=output_shape,
+        data_format=cast(DataFormat, _choice(op, "data_format", config["data_format"], DATA_FORMATS)),
+        algorithm=algorithm,
+        max_buffer_bytes=check_max_buffer_bytes(op, config["max_buffer_bytes"]),
+    )
+
+
+def _check_leaves(layer: ConvTranspose) -> None:
+    """``weight`` and ``bias`` against the configuration, where they are arrays (JAX rebuilds
+    layers with other leaves too: tracers are checked, ``None`` or axis numbers are not)."""
+    op, kernel, group = type(layer).__name__, layer.kernel_shape, layer.group
+    w, b = layer.weight, layer.bias
+    if not isinstance(getattr(w, "shape", None), tuple):
+        return
+    nchw = layer.data_format == "NCHW"
+    layout = "(C_in, C_out/group, *kernel)" if nchw else "(C_in, *kernel, C_out/group)"
+    w_kernel = tuple(w.shape[2:]) if nchw else tuple(w.shape[1:-1])
+    if len(w.shape) != len(kernel) + 2 or w_kernel != kernel or w.shape[0] % group:
+        raise ValueError(
+            f"{op}: `weight` must have shape {layout} with kernel {kernel} and C_in divisible by `group` "
+            f"(={group}); got shape {tuple(w.shape)}."
+        )
+    out_channels = group * w.shape[1 if nchw else -1]
+    b_shape = getattr(b, "shape", None)
+    if isinstance(b_shape, tuple) and b_shape != (out_channels,):
+        raise ValueError(f"{op}: `bias` must have shape (C_out,) = ({out_channels},); got shape {b_shape}.")
+
+
+def _leaf(value: Any) -> str:
+    """A leaf as ``dtype[shape]`` (the repr of anything that is not an array)."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if isinstance(shape, tuple) and dtype is not None:
+        return f"{jnp.dtype(dtype).name}[{','.join(map(str, shape))}]"
+    return repr(value)
+
+
+def _default(field: dataclasses.Field, n: int) -> Any:
+    """A field's default as :func:`_normalised` stores it (``n`` spatial axes)."""
+    value = field.default
+    if field.name in ("strides", "dilations"):
+        return (value,) * n
+    if field.name == "pads":
+        return (value,) * (2 * n)
+    return value
+
+
 def _fixed(name: str, n: int) -> type[ConvTranspose]:
     doc = (f"{n}-D :class:`ConvTranspose`: ``x`` has {n} spatial axes and an int ``kernel_shape``, "
            f"``strides`` or ``dilations`` is used for each of them. Build one with :meth:`init`.")
     cls = type(name, (ConvTranspose,), {"ndim": n, "__doc__": doc})
-    cls = dataclasses.dataclass(frozen=True)(cls)
+    cls = dataclasses.dataclass(frozen=True, repr=False)(cls)
     return _register(cls)
 
 
 def _register(cls: type) -> type:
-    data = [f.name for f in dataclasses.fields(cls) if f.name in ("weight", "bias")]
-    meta = [f.name for f in dataclasses.fields(cls) if f.name not in data]
-    return jax.tree_util.register_dataclass(cls, data_fields=data, meta_fields=meta)
+    """A pytree: ``weight`` and ``bias`` are the leaves, the configuration is static. JAX
+    rebuilds a layer without ``__post_init__``: its leaves need not fit the configuration
+    (a stack of layers under ``vmap`` or ``scan`` has weights with a leading axis)."""
+    names = [f.name for f in _CONFIG]
+
+    def flatten(layer):
+        children = [(jax.tree_util.GetAttrKey(name), getattr(layer, name)) for name in ("weight", "bias")]
+        return children, tuple(getattr(layer, name) for name in names)
+
+    def unflatten(config, children):
+        layer = object.__new__(cls)
+        for name, value in (*zip(("weight", "bias"), children), *zip(names, config)):
+            object.__setattr__(layer, name, value)
+        return layer
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten, unflatten)
+    return cls
 
 
 ConvTranspose = _register(ConvTranspose)

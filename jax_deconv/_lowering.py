@@ -15,6 +15,8 @@ computes every phase at once, and a depth-to-space shuffle interleaves the phase
   plain lowering on small volumes.
 
 ``'phases'`` and ``'taps'`` have all three without multiplying the phase form's zeros.
+``'gemm'``, ``'phases'`` and ``'taps'`` multiply and accumulate 16-bit inputs in float32 and round
+the result once (``'conv'`` leaves that to the convolution's backend).
 
 Algorithms (``algorithm=``):
 
@@ -22,12 +24,11 @@ Algorithms (``algorithm=``):
             output features); the choice for GPU/TPU, where it maps onto cuDNN / the MXU.
 ``'gemm'``  im2col over the ``prod(taps)`` phase taps + one ``lax.dot_general`` batched over
             groups (groups lead, so no operand is transposed); the choice on CPU, where dots
-            reach a fast GEMM and XLA's 3-D convolution does not. 16-bit inputs are
-            multiplied and accumulated in float32 (XLA:CPU's 16-bit dots are 2x slower) and
-            the result rounded once. Its im2col is ``prod(taps)`` times the (cropped, padded)
-            input, in float32; above 32 MiB (or ``max_buffer_bytes``) it steps through the
-            first spatial axis (``lax.map``), each step's im2col rebuilt in the backward
-            (``jax.checkpoint``) rather than kept, so it holds one step's im2col at a time.
+            reach a fast GEMM and XLA's 3-D convolution does not. Its im2col is
+            ``prod(taps)`` times the (cropped, padded) input, in float32; above 32 MiB (or
+            ``max_buffer_bytes``) it steps through the first spatial axis (``lax.map``), each
+            step's im2col rebuilt in the backward (``jax.checkpoint``) rather than kept, so it
+            holds one step's im2col at a time.
 ``'phases'`` the phase form without its zeros: per phase, an im2col over the kernel taps
             that phase really takes and one matrix product; empty phases are zeros. The
             definition's work; ``prod(strides)`` products (at most 512), so right where a
@@ -60,13 +61,14 @@ import numpy as np
 from jax import lax
 
 from jax_deconv._cost import (
+    GEMM_STEP_ABOVE,
     check_max_buffer_bytes,
     choose,
     gemm_row_bytes,
     gemm_slab,
-    phase_form_limit,
-    phases_limit,
+    refusal,
 )
+from jax_deconv._inputs import check_floating
 from jax_deconv._plan import Plan, phase_taps
 from jax_deconv._types import ALGORITHMS
 
@@ -212,20 +214,16 @@ def _matmul(a: jax.Array, b: jax.Array, precision, preferred) -> jax.Array:
     return lax.dot_general(a, b, dims, precision=precision, preferred_element_type=preferred)
 
 
-def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0, flat: bool = True) -> jax.Array:
+def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0) -> jax.Array:
     """``slab``: phase rows of the first spatial axis per step (0: all at once); see ``_cost.gemm_slab``.
 
-    ``flat``: flatten each operand of the dot to one free axis (see :func:`_matmul`); False
-    keeps the spatial axes, which XLA's partitioner can follow when a spatial axis is sharded.
+    Each operand of the dot is flattened to one free axis (see :func:`_matmul`).
     """
-    if jnp.dtype(x.dtype).itemsize < 4:  # 16-bit inputs: multiply and accumulate in float32
-        x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
-        return _lower_gemm(x32, w32, plan, precision, None, slab, flat).astype(preferred or x.dtype)
     n, g = plan.ndim, plan.group
     phases = plan.phases
     cg_in, cg_out = plan.in_channels // g, plan.out_channels // g
     if plan.data_format == "NCHW" and all(p.taps == 1 for p in phases):
-        return _gemm_channels_first(x, w, plan, precision, preferred, flat)
+        return _gemm_channels_first(x, w, plan, precision, preferred)
     x = _groups_lead(x, plan)
     m = [p.m_end - p.m_begin for p in phases]
     k = _phase_kernel(w, plan, ["G", "T", "Cin", "s", "Cout"]).reshape(g, -1, cg_in, math.prod(plan.strides) * cg_out)
@@ -233,9 +231,6 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0, flat: boo
 
     def gemm(x: jax.Array, rows: Sequence[int]) -> jax.Array:  # -> (G, N, M1..Mn, s1..sn * Cg_out)
         cols = _im2col(x, offsets, rows)
-        if not flat:
-            dims = (((n + 2, n + 3), (1, 2)), ((0,), (0,)))
-            return lax.dot_general(cols, k, dims, precision=precision, preferred_element_type=preferred)
         y = _matmul(cols.reshape(g, -1, k.shape[1] * cg_in), k.reshape(g, -1, k.shape[-1]), precision, preferred)
         return y.reshape(*cols.shape[: n + 2], k.shape[-1])
 
@@ -260,7 +255,7 @@ def _lower_gemm(x, w, plan: Plan, precision, preferred, slab: int = 0, flat: boo
     return _shuffle(y, names, plan)
 
 
-def _gemm_channels_first(x, w, plan: Plan, precision, preferred, flat: bool = True) -> jax.Array:
+def _gemm_channels_first(x, w, plan: Plan, precision, preferred) -> jax.Array:
     """``'gemm'`` for NCHW calls with one phase tap per axis (kernel <= stride, as in the k2 s2
     upsamplers of U-Nets): no im2col, so x stays channels-first and the phase kernel is the
     left operand, ``(G, s*Cg_out, Cg_in) . (G, N, Cg_in, M) -> (G, s*Cg_out, N, M)``; only
@@ -272,7 +267,7 @@ def _gemm_channels_first(x, w, plan: Plan, precision, preferred, flat: bool = Tr
     x = _crop_and_pad(x, plan, list(range(3, n + 3)))
     m = x.shape[3:]
     k = _phase_kernel(w, plan, ["G", "s", "Cout", "Cin", "T"]).reshape(g, -1, cg_in)
-    if flat and plan.batch == 1:  # positions flattened: one free axis per operand (see _matmul)
+    if plan.batch == 1:  # positions flattened: one free axis per operand (see _matmul)
         y = _matmul(k, x.reshape(g, cg_in, -1), precision, preferred)  # (G, s1..sn * Cg_out, M1*..*Mn)
     else:
         x = x.reshape(g, plan.batch, cg_in, -1)
@@ -284,7 +279,7 @@ def _gemm_channels_first(x, w, plan: Plan, precision, preferred, flat: bool = Tr
     return _shuffle(y, names, plan)
 
 
-def _lower_phases(x, w, plan: Plan, precision, preferred, flat: bool = True) -> jax.Array:
+def _lower_phases(x, w, plan: Plan, precision, preferred) -> jax.Array:
     """The phase form without its zeros: each phase multiplies only the kernel taps it receives.
 
     For each of the ``prod(strides)`` phases, an im2col of the padded input over that phase's
@@ -294,11 +289,7 @@ def _lower_phases(x, w, plan: Plan, precision, preferred, flat: bool = True) -> 
     zeros. The phases' results are interleaved as in ``'gemm'``. The work is the definition's
     (up to the rows the crop keeps), the dilation is never materialised, and each im2col
     holds at most ``prod(taps)`` copies of the input (the phases run one after another).
-    ``flat`` as in ``'gemm'``: False keeps the spatial axes in each dot, for XLA's partitioner.
     """
-    if jnp.dtype(x.dtype).itemsize < 4:  # 16-bit inputs: multiply and accumulate in float32, as 'gemm'
-        x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
-        return _lower_phases(x32, w32, plan, precision, None, flat).astype(preferred or x.dtype)
     n, g = plan.ndim, plan.group
     cg_out = plan.out_channels // g
     x, w = _groups_lead(x, plan), _weight_groups(w, plan)
@@ -320,11 +311,7 @@ def _lower_phases(x, w, plan: Plan, precision, preferred, flat: bool = True) -> 
                                                               zip(first, step, taps))], [1, 1, 1, *step])
         wr = jnp.moveaxis(wr, 1, -1).reshape(g, cg_out, -1)  # (G, Cg_out, T1*..*Tn * Cg_in)
         cols = cols.reshape(*cols.shape[: n + 2], -1)  # (G, N, M1..Mn, T1*..*Tn * Cg_in)
-        if flat:
-            y = _matmul(cols.reshape(g, rows, -1), jnp.swapaxes(wr, 1, 2), precision, preferred)
-        else:
-            dims = (((n + 2,), (2,)), ((0,), (0,)))
-            y = lax.dot_general(cols, wr, dims, precision=precision, preferred_element_type=preferred)
+        y = _matmul(cols.reshape(g, rows, -1), jnp.swapaxes(wr, 1, 2), precision, preferred)
         outs.append(y.reshape(g, plan.batch, *m, cg_out).astype(dtype))
     y = jnp.stack(outs, axis=n + 2).reshape(g, plan.batch, *m, *plan.strides, cg_out)
     names = ["G", "N", *(f"M{i}" for i in range(n)), *(f"s{i}" for i in range(n)), "Cg"]
@@ -395,14 +382,20 @@ def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
     return jnp.moveaxis(y, 0, n + 1).reshape(plan.out_shape)  # (N, O..., G, Cg_out)
 
 
-def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes, flat) -> jax.Array:
-    if plan.is_zero:  # every kept position is past the end of the full output (or C_in == 0)
+def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes) -> jax.Array:
+    if plan.is_zero:  # every kept position is past the end of the full output (or C_in == 0, or batch 0)
         y = jnp.zeros(plan.out_shape, preferred or x.dtype)
+    elif algorithm != "conv" and jnp.dtype(x.dtype).itemsize < 4:
+        # 16-bit inputs: the dots multiply and accumulate in float32 (XLA:CPU's 16-bit dots are
+        # 2x slower, and 'taps' would add its taps' products in 16 bits); rounded once
+        x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
+        y = _lower(x32, w32, None, plan, algorithm, precision, None, max_buffer_bytes)
+        y = y.astype(preferred or x.dtype)
     elif algorithm == "gemm":
         slab = gemm_slab(plan, jnp.dtype(x.dtype).itemsize, max_buffer_bytes)
-        y = _lower_gemm(x, w, plan, precision, preferred, slab or 0, flat)
+        y = _lower_gemm(x, w, plan, precision, preferred, slab or 0)
     elif algorithm == "phases":
-        y = _lower_phases(x, w, plan, precision, preferred, flat)
+        y = _lower_phases(x, w, plan, precision, preferred)
     else:
         y = {"conv": _lower_conv, "taps": _lower_taps}[algorithm](x, w, plan, precision, preferred)
     if b is not None:
@@ -413,27 +406,23 @@ def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer
 
 
 @functools.partial(
-    jax.jit, static_argnames=("plan", "algorithm", "precision", "preferred", "max_buffer_bytes", "flat")
+    jax.jit, static_argnames=("plan", "algorithm", "precision", "preferred", "max_buffer_bytes")
 )
-def apply(x, w, b, *, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes=None, flat=True) -> jax.Array:
-    """Run ``plan`` with ``algorithm`` (``'auto'``: per platform, see :func:`choose_algorithm`).
-
-    ``flat=False`` keeps ``'gemm'``'s spatial axes in its dot, for XLA's partitioner (see
-    ``_lower_gemm``); the explicit-sharding dispatch passes it when a spatial axis is sharded.
-    """
+def apply(x, w, b, *, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes=None) -> jax.Array:
+    """Run ``plan`` with ``algorithm`` (``'auto'``: per platform, see :func:`choose_algorithm`)."""
     if algorithm != "auto":
-        return _lower(x, w, b, plan, algorithm, precision, preferred, max_buffer_bytes, flat)
+        return _lower(x, w, b, plan, algorithm, precision, preferred, max_buffer_bytes)
     dtype = jnp.result_type(x, w)
     on_cpu = choose_algorithm(plan, dtype, "cpu", max_buffer_bytes=max_buffer_bytes)
     elsewhere = choose_algorithm(plan, dtype, "gpu", max_buffer_bytes=max_buffer_bytes)
     if on_cpu == elsewhere:
-        return _lower(x, w, b, plan, on_cpu, precision, preferred, max_buffer_bytes, flat)
+        return _lower(x, w, b, plan, on_cpu, precision, preferred, max_buffer_bytes)
     # The platform the computation runs on picks the branch when it is compiled; only that
     # branch is ever compiled (under a multi-platform jax.export, each platform its own).
     return lax.platform_dependent(
         x, w, b,
-        cpu=lambda x, w, b: _lower(x, w, b, plan, on_cpu, precision, preferred, max_buffer_bytes, flat),
-        default=lambda x, w, b: _lower(x, w, b, plan, elsewhere, precision, preferred, max_buffer_bytes, flat),
+        cpu=lambda x, w, b: _lower(x, w, b, plan, on_cpu, precision, preferred, max_buffer_bytes),
+        default=lambda x, w, b: _lower(x, w, b, plan, elsewhere, precision, preferred, max_buffer_bytes),
     )
 
 
@@ -474,9 +463,56 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None, *, max_
       >>> choose_algorithm(dilated, "float32", "cpu"), choose_algorithm(dilated, "float32", "gpu")
       ('phases', 'phases')
     """
+    op = "choose_algorithm"
+    if not isinstance(plan, Plan):
+        raise TypeError(f"{op}: `plan` must be a Plan (from conv_transpose_plan); got {type(plan).__name__}.")
+    itemsize = check_floating(op, "dtype", dtype).itemsize
+    budget = check_max_buffer_bytes(op, max_buffer_bytes)
+    if backend is None:
+        backend = jax.default_backend()
+    elif not isinstance(backend, str) or backend.lower() not in BACKENDS:
+        raise ValueError(f"{op}: `backend` must be None or one of {BACKENDS} (any case); got {backend!r}.")
     if not all(isinstance(v, int) for v in (*plan.in_spatial, *plan.out_spatial)):
         return "conv"
-    return choose(plan, np.dtype(dtype).itemsize, backend or jax.default_backend(), max_buffer_bytes).algorithm
+    return choose(plan, itemsize, backend.lower(), budget).algorithm
+
+
+BACKENDS = ("cpu", "gpu", "cuda", "rocm", "tpu")
+"""The backends :func:`choose_algorithm` answers for (``'gpu'``, ``'cuda'`` and ``'rocm'`` alike)."""
+
+
+PRECISIONS = (
+    "None, a jax.lax.Precision or its name ('default', 'high', 'highest', 'bfloat16', 'tensorfloat32', "
+    "'float32'...), a jax.lax.DotAlgorithmPreset, or a pair of Precisions (lhs, rhs)"
+)
+
+
+def check_precision(op: str, precision: Any) -> Any:
+    """``precision`` as a hashable static argument that ``lax`` accepts; else ``TypeError`` /
+    ``ValueError`` naming it (a list becomes a tuple)."""
+    if isinstance(precision, list):
+        precision = tuple(precision)
+    kinds = (str, tuple, lax.Precision, lax.DotAlgorithm, lax.DotAlgorithmPreset)
+    if precision is not None and not isinstance(precision, kinds):
+        raise TypeError(f"{op}: `precision` must be {PRECISIONS}; got {precision!r}.")
+    try:
+        hash(precision)
+    except TypeError:  # a tuple holding something unhashable
+        raise TypeError(f"{op}: `precision` must be {PRECISIONS}; got {precision!r}.") from None
+    if _precision_refused(precision):
+        raise ValueError(f"{op}: `precision` must be {PRECISIONS}; got {precision!r}.")
+    return precision
+
+
+@functools.lru_cache(maxsize=64)
+def _precision_refused(precision: Any) -> bool:
+    """Whether ``lax.dot`` refuses ``precision`` (asked once per value, shapes only)."""
+    one = jax.ShapeDtypeStruct((1, 1), jnp.float32)
+    try:
+        jax.eval_shape(lambda a, b: lax.dot(a, b, precision=precision), one, one)
+    except (TypeError, ValueError):
+        return True
+    return False
 
 
 def bind(
@@ -489,31 +525,30 @@ def bind(
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
     budget = check_max_buffer_bytes(op, max_buffer_bytes)
-    if isinstance(precision, list):  # static arguments must be hashable
-        precision = tuple(precision)
+    precision = check_precision(op, precision)
     sizes = (*plan.in_spatial, *plan.out_spatial, plan.in_channels, plan.out_channels)
     if all(isinstance(v, int) for v in sizes):  # symbolic sizes: XLA checks them when they are known
         runs = {algorithm}
         if algorithm == "auto":
             runs = {choose_algorithm(plan, dtype, b, max_buffer_bytes=budget) for b in ("cpu", "gpu")}
-        for name in sorted(runs - {"taps"}):
-            if name == "phases":
-                reason = phases_limit(plan)
-                need = f"would need {reason}"
-            else:
-                reason = phase_form_limit(plan, im2col=name == "gemm")
-                need = f"would build {reason}, more than XLA can index"
-            if reason is not None:
-                raise ValueError(
-                    f"{op}: algorithm={algorithm!r} {need}; algorithm='taps' computes this call without the phase form."
-                )
         itemsize = np.dtype(dtype).itemsize
-        if "gemm" in runs and not plan.is_zero and gemm_slab(plan, itemsize, budget) is None:
-            raise ValueError(
-                f"{op}: max_buffer_bytes={budget} is less than the smallest step of algorithm='gemm' "
-                f"({gemm_row_bytes(plan, itemsize)} bytes: the im2col of one phase row of the first spatial "
-                f"axis); allow at least that, or use algorithm='conv' (no im2col) or 'auto'."
-            )
+        for name in sorted(runs):
+            reason = refusal(plan, name, itemsize, budget)
+            if reason is None:
+                continue
+            if name == "gemm" and gemm_slab(plan, itemsize, budget) is None:
+                limit = f"max_buffer_bytes={budget}" if budget is not None else f"the default ({GEMM_STEP_ABOVE} bytes)"
+                reason = (
+                    f"need an im2col step of {gemm_row_bytes(plan, itemsize)} bytes (one phase row of the first "
+                    f"spatial axis), more than the limit in force, {limit}; allow at least that, or use "
+                    f"algorithm='conv' (no im2col) or 'auto'"
+                )
+            else:
+                allowed = [a for a in ALGORITHMS[1:] if a != name and not refusal(plan, a, itemsize, budget)]
+                others = ["'auto'", *map(repr, allowed)]
+                reason += f"; algorithm={', '.join(others[:-1])} or {others[-1]} computes it"
+            shown = repr(algorithm) if algorithm == name else f"{algorithm!r} (running {name!r})"
+            raise ValueError(f"{op}: algorithm={shown} would {reason}.")
     return functools.partial(
         apply, algorithm=algorithm, precision=precision, preferred=preferred, max_buffer_bytes=budget
     )

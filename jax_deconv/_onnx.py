@@ -75,7 +75,15 @@ def onnx_to_dragon(
             f"{_OP}: `x` must have rank >= 3 (N, C, spatial...) and the weight rank {len(x_shape)}; "
             f"got x shape {x_shape} and weight shape {weight_shape}."
         )
-    mode = _choice(_OP, "auto_pad", auto_pad.decode() if isinstance(auto_pad, bytes) else auto_pad, AUTO_PADS)
+    if isinstance(auto_pad, bytes):  # as ONNX stores string attributes
+        try:
+            auto_pad = cast(AutoPad, auto_pad.decode("ascii"))
+        except UnicodeDecodeError:
+            raise ValueError(
+                f"{_OP}: `auto_pad` must be one of {', '.join(map(repr, AUTO_PADS))} (str or ASCII bytes); "
+                f"got {auto_pad!r}."
+            ) from None
+    mode = _choice(_OP, "auto_pad", auto_pad, AUTO_PADS)
     auto_pad = cast(AutoPad, mode)
     if pads is not None and mode != "NOTSET":
         raise ValueError(

@@ -256,8 +256,8 @@ class Plan:
     @property
     def is_zero(self) -> bool:
         """True when no input reaches ``y`` (y = bias): every kept position lies past the end of
-        the full output, or there are no input channels."""
-        if self.in_channels == 0:
+        the full output, or there are no input channels, or no examples (batch 0)."""
+        if self.in_channels == 0 or (isinstance(self.batch, int) and self.batch == 0):
             return True
         return any(p.m_begin >= size + p.span for p, size in zip(self.phases, self.in_spatial))
 
@@ -436,6 +436,14 @@ def make_plan(
         ends = tuple(e - p for e, p in zip(ends, extra))
     else:
         extra = out_pad or (0,) * n
+        symbolic = [i for i, size in enumerate(spatial) if not isinstance(size, int)]
+        if symbolic:  # the crop would depend on the size: max(full - output_shape, 0) is not decidable
+            raise ValueError(
+                f"{op}: `output_shape` (={list(out_shape)}) needs the input's spatial sizes, which are symbolic "
+                f"({spatial[symbolic[0]]} on spatial axis {symbolic[0]}; jax.export shape polymorphism): the crop "
+                f"it implies depends on them. Export with concrete spatial sizes, or give `pads` / `output_padding` "
+                f"instead of `output_shape`."
+            )
         for i, (o, f, p) in enumerate(zip(out_shape, full, extra)):
             if o > f + p:
                 raise ValueError(

@@ -28,7 +28,6 @@ block plus the halos; nothing is gathered.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -45,44 +44,97 @@ from jax_deconv._types import Algorithm, DataFormat, Padding
 def under_explicit_sharding(apply, plan: Plan, x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
     """Run ``apply`` on inputs that may be sharded *in their types* (JAX's explicit sharding).
 
-    The lowering pads, reshapes and transposes, which explicit sharding cannot type. Only the
-    batch of ``x`` sharded (data parallel): each device runs its own examples under
-    ``shard_map`` (no communication; XLA's partitioner would gather the batch of a grouped
-    convolution). Anything else: ``auto_axes`` hands the placement to XLA's partitioner
-    (which exchanges halos for a sharded spatial axis); the output keeps ``x``'s batch and
-    spatial sharding where the output sizes divide evenly. No explicit sharding: ``apply``.
+    The lowering pads, reshapes and transposes, which explicit sharding cannot type, so the
+    call runs under ``jax.shard_map`` over the whole mesh, each device on its own block:
+
+    * the batch of ``x`` sharded: each device runs its own examples (no communication);
+    * besides, one spatial axis sharded where the halo rule holds (:func:`halo_fits`: the
+      output is ``stride * input`` long along it and each halo fits in one block): each device
+      runs its block with the halo exchange of :func:`conv_transpose_halo`; the output keeps
+      that spatial sharding;
+    * any other spatial or channel sharding, and a sharded weight or bias, are gathered first
+      (each device holds its examples' whole volume); the output is then resharded to ``x``'s
+      spatial sharding where the output sizes divide evenly.
+
+    XLA's partitioner is not used for a sharded spatial axis: on a mesh with an axis that ``x``
+    does not use, it sums a convolution's weight gradient over that axis too (see
+    :data:`PARTITIONER_BUG`). No explicit sharding: ``apply``.
     """
     if not hasattr(jax, "typeof"):  # a JAX without sharding in types
         return apply(x, w, b, plan=plan)
-    P = jax.sharding.PartitionSpec
-    shardings = [jax.typeof(a).sharding for a in (x, w, b) if a is not None]
-    axes = tuple(dict.fromkeys(name for sharding in shardings for name in _spec_names(sharding.spec)))
-    if not axes:
+    arrays = [a for a in (x, w, b) if a is not None]
+    shardings = [jax.typeof(a).sharding for a in arrays]
+    if not any(_spec_names(sharding.spec) for sharding in shardings):
         return apply(x, w, b, plan=plan)
     mesh = next(sharding.mesh for sharding in shardings if _spec_names(sharding.spec))
+    P = jax.sharding.PartitionSpec
     x_spec = tuple(shardings[0].spec) + (None,) * (x.ndim - len(shardings[0].spec))
-    if x_spec[0] is not None and not _spec_names(x_spec[1:]) and all(not _spec_names(s.spec) for s in shardings[1:]):
-        devices = math.prod(mesh.shape[name] for name in _spec_names(x_spec[:1]))
-        local_plan = dataclasses.replace(plan, batch=plan.batch // devices)
-        local = jax.shard_map(
-            lambda x, w: apply(x, w, b, plan=local_plan), mesh=mesh, in_specs=(P(x_spec[0]), P()),
-            out_specs=P(x_spec[0]),
-        )
-        return local(x, w)
-    spatial = range(2, x.ndim) if plan.data_format == "NCHW" else range(1, x.ndim - 1)
-    out = [None] * x.ndim
-    for i in [0, *spatial]:
-        size = math.prod(mesh.shape[name] for name in _spec_names([x_spec[i]]))
-        if x_spec[i] is not None and plan.out_shape[i] % size == 0:
-            out[i] = x_spec[i]
-    out_sharding = jax.sharding.NamedSharding(mesh, P(*out))
-    apply = functools.partial(apply, plan=plan, flat=False)  # XLA's partitioner follows the spatial axes
-    return jax.sharding.auto_axes(apply, axes=axes, out_sharding=out_sharding)(x, w, b)  # pyright: ignore
+    first = 2 if plan.data_format == "NCHW" else 1
+    spatial = {first + i: x_spec[first + i] for i in range(plan.ndim) if _spec_names([x_spec[first + i]])}
+    batch_devices = _size(mesh, x_spec[0])
+    halo = None
+    if len(spatial) == 1:
+        array_axis, entry = next(iter(spatial.items()))
+        devices = _size(mesh, entry)
+        if halo_fits(plan, array_axis - first, devices) is None:
+            halo = (array_axis, entry, devices)
+    # What each device's block is split by: the batch, and the halo axis where it applies.
+    block = [None] * x.ndim
+    block[0] = x_spec[0]
+    if halo is not None:
+        block[halo[0]] = halo[1]
+    replicated = jax.sharding.NamedSharding(mesh, P())
+    if tuple(block) != x_spec:
+        x = jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, P(*block)))
+    w = jax.sharding.reshard(w, replicated) if _spec_names(jax.typeof(w).sharding.spec) else w
+    if b is not None and _spec_names(jax.typeof(b).sharding.spec):
+        b = jax.sharding.reshard(b, replicated)
+    local_plan = dataclasses.replace(plan, batch=plan.batch // batch_devices)
+
+    def local(x, w, *b):
+        bias = b[0] if b else None
+        if halo is None:
+            return apply(x, w, bias, plan=local_plan)
+        array_axis, entry, devices = halo
+        return _halo_apply(apply, local_plan, x, w, bias, array_axis - first, array_axis, entry, devices)
+
+    args = (x, w) if b is None else (x, w, b)
+    y = jax.shard_map(
+        local, mesh=mesh,
+        in_specs=(P(*block), P(), *(P() for _ in args[2:])), out_specs=P(*block),
+    )(*args)
+    out = list(block)
+    for i, entry in spatial.items():  # the output keeps x's spatial sharding where it divides
+        if out[i] is None and plan.out_shape[i] % _size(mesh, entry) == 0:
+            out[i] = entry
+    if out != block:
+        y = jax.sharding.reshard(y, jax.sharding.NamedSharding(mesh, P(*out)))
+    return y
+
+
+PARTITIONER_BUG = """XLA's SPMD partitioner (jax/jaxlib 0.10.2) gives a wrong weight gradient for a convolution
+whose input is sharded along a spatial axis over some, not all, axes of the mesh: it all-reduces
+the per-device filter gradients over every device, so the result is multiplied by the size of the
+mesh axes the input does not use. Reproducer, without jax_deconv (8 simulated CPU devices)::
+
+    mesh = jax.make_mesh((2, 4), ("a", "b"), axis_types=(AxisType.Auto,) * 2)
+    x = jax.device_put(np.ones((4, 4, 8, 4), np.float32), NamedSharding(mesh, P(None, None, "b")))
+    conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), [(1, 1), (1, 1)])
+    jax.jit(jax.grad(lambda w: jnp.sum(conv(w) ** 2)))(np.ones((4, 4, 3, 3), np.float32))
+    # == 2 x the gradient of the unsharded x (the all-reduce's replica_groups are all 8 devices)
+
+Explicit sharding and ``auto_axes`` inherit it. Explicitly sharded calls therefore never reach the
+partitioner here (see :func:`under_explicit_sharding`); under ``AxisType.Auto`` meshes, where the
+partitioner places everything, prefer ``algorithm='gemm'`` (dots are partitioned correctly) or
+shard the batch, or use :func:`conv_transpose_halo`."""
+
+
+def _size(mesh: Any, entry: Any) -> int:
+    return math.prod(mesh.shape[name] for name in _spec_names([entry]))
 
 
 def _spec_names(spec: Any) -> list[str]:
     return [name for entry in spec for name in (entry if isinstance(entry, tuple) else (entry,)) if name is not None]
-
 
 
 _OP = "conv_transpose_halo"
@@ -179,20 +231,46 @@ def conv_transpose_halo(
         output_shape=static_sizes(_OP, "output_shape", output_shape), data_format=data_format, op=_OP,
     )
     x, w, b = promote(x, w, b)
-    preferred = check_preferred(_OP, preferred_element_type)
+    preferred = check_preferred(_OP, preferred_element_type, x.dtype)
     apply = bind(_OP, plan, algorithm, precision, preferred, x.dtype, max_buffer_bytes)
-    s, local = plan.strides[axis], x.shape[array_axis]
-    if plan.out_spatial[axis] != s * plan.in_spatial[axis]:
-        raise ValueError(
-            f"{_OP}: the output must have stride * input = {s} * {plan.in_spatial[axis]} positions along the "
-            f"sharded spatial axis {axis}; these arguments give {plan.out_spatial[axis]}."
+    reason = halo_fits(plan, axis, devices)
+    if reason is not None:
+        raise ValueError(f"{_OP}: {reason}.")
+    return _halo_apply(apply, plan, x, w, b, axis, array_axis, axis_name, devices)
+
+
+def halo_fits(plan: Plan, axis: int, devices: int) -> str | None:
+    """Why ``plan`` cannot be split along spatial ``axis`` over ``devices`` with a halo exchange
+    (the output must be ``stride * input`` long along it, and each halo fit in one device's
+    block), or None."""
+    s, size = plan.strides[axis], plan.in_spatial[axis]
+    if not all(isinstance(v, int) for v in (size, plan.out_spatial[axis])):
+        return f"the sizes along the sharded spatial axis {axis} must be known (not symbolic)"
+    if plan.out_spatial[axis] != s * size:
+        return (
+            f"the output must have stride * input = {s} * {size} positions along the sharded spatial axis "
+            f"{axis}; these arguments give {plan.out_spatial[axis]}"
         )
+    if size % devices:
+        return f"the {size} positions of spatial axis {axis} must split evenly over {devices} devices"
     left, right = halo_sizes(plan, axis)
+    local = size // devices
     if max(left, right) > local:
-        raise ValueError(
-            f"{_OP}: the halos ({left} slices from the left, {right} from the right) must fit in one device's "
-            f"block of {local} slices along spatial axis {axis}; use fewer devices or a larger volume."
+        return (
+            f"the halos ({left} slices from the left, {right} from the right) must fit in one device's "
+            f"block of {local} slices along spatial axis {axis}; use fewer devices or a larger volume"
         )
+    return None
+
+
+def _halo_apply(
+    apply, plan: Plan, x: jax.Array, w: jax.Array, b: jax.Array | None, axis: int, array_axis: int,
+    axis_name: Any, devices: int,
+) -> jax.Array:
+    """Inside ``shard_map``: this device's block of ``plan`` (the whole call's plan, this
+    device's batch) with a halo exchange along spatial ``axis``; :func:`halo_fits` holds."""
+    s, local = plan.strides[axis], x.shape[array_axis]
+    left, right = halo_sizes(plan, axis)
     window = _exchange(x, array_axis, axis_name, devices, left, right)
     # The window's own plan: the whole plan's crops, moved by the halo along `axis`.
     begins, ends = list(plan.pad_begin), list(plan.pad_end)

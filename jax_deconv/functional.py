@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 
 from jax_deconv._conv_transpose import _conv_transpose
+from jax_deconv._inputs import as_floating
 from jax_deconv._plan import _as_int, full_length, per_axis
 
 __all__ = ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
@@ -37,7 +37,8 @@ def _conv_transpose_nd(
     dilation: IntOrTuple,
 ) -> jax.Array:
     op = f"conv_transpose{n}d"
-    x, w = jnp.asarray(input), jnp.asarray(weight)
+    x, w = as_floating(op, "input", input), as_floating(op, "weight", weight)
+    bias = None if bias is None else as_floating(op, "bias", bias)
     if x.ndim not in (n + 1, n + 2):
         raise ValueError(
             f"{op}: `input` must be {n + 1}-D (unbatched) or {n + 2}-D (batched); got shape {x.shape}."

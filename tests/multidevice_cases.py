@@ -9,6 +9,7 @@ that flag set runs it directly.
 from __future__ import annotations
 
 import functools
+import math
 import re
 
 import jax
@@ -24,6 +25,7 @@ if jax.device_count() < 8:
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 from reference import reference
+from support import ALGORITHMS as ALL_ALGORITHMS
 from support import PHASE_ALGORITHMS as ALGORITHMS
 from support import assert_close, recipe
 
@@ -60,7 +62,7 @@ def check_sharded(f, args, sharded_args):
 # --------------------------------------------------------------------------- data parallel
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
 @pytest.mark.parametrize("axis_type", [AxisType.Explicit, AxisType.Auto])
 def test_batch_sharded_equals_one_device(algorithm, axis_type):
     mesh = jax.make_mesh((8,), ("data",), axis_types=(axis_type,))
@@ -78,23 +80,87 @@ def test_batch_sharded_equals_one_device(algorithm, axis_type):
     # explicit mode, JAX's default, we run each device's examples under shard_map instead.)
 
 
-# --------------------------------------------------------------------------- spatial, XLA's partitioner
+# --------------------------------------------------------------------------- explicit sharding, every gradient
+
+# name: (mesh shape, mesh axes, x spec (NCHW), arguments); x (4, 4, 8, 8), weight k x k, bias
+SHARDED = {
+    "1 axis, height": ((8,), ("z",), P(None, None, "z"), dict(kernel_shape=4, strides=2, pads=1)),
+    "2 axes, height on one": ((2, 4), ("a", "b"), P(None, None, "b"), dict(kernel_shape=4, strides=2, pads=1)),
+    "2 axes, height on one, no halo rule": ((2, 4), ("a", "b"), P(None, None, "b"), dict(kernel_shape=3, strides=2)),
+    "2 axes, batch and height": ((2, 4), ("a", "b"), P("a", None, "b"), dict(kernel_shape=3, strides=1, pads=1)),
+    "2 axes, batch on one": ((2, 4), ("a", "b"), P("b"), dict(kernel_shape=3, strides=2, dilations=2)),
+    "2 axes, height and width": ((2, 4), ("a", "b"), P(None, None, "b", "a"), dict(kernel_shape=4, strides=2, pads=1)),
+    "2 axes, channels and height": ((2, 4), ("a", "b"), P(None, "a", "b"), dict(kernel_shape=2, strides=2)),
+    "2 axes, height on both": ((2, 4), ("a", "b"), P(None, None, ("a", "b")), dict(kernel_shape=4, strides=2, pads=1)),
+}
 
 
-@pytest.mark.parametrize("algorithm", ALGORITHMS)
-def test_depth_sharded_with_xla_partitioner(algorithm):
-    """Explicit sharding of the depth axis: the op runs under ``auto_axes``; XLA exchanges halos."""
-    mesh = jax.make_mesh((8,), ("z",))  # explicit axes, JAX's default
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
+@pytest.mark.parametrize("name", SHARDED)
+def test_explicitly_sharded_every_gradient(name, algorithm):
+    """Forward, dx, dw and db of a sharded x equal the unsharded call's, under jit and eagerly.
+
+    "2 axes, height on one" is where XLA's partitioner doubles a convolution's weight
+    gradient (jax_deconv._sharding.PARTITIONER_BUG); no route may reach it.
+    """
+    shape, names, spec, args = SHARDED[name]
+    mesh = jax.make_mesh(shape, names)
+    k = args["kernel_shape"]
+    x, w, b = random((4, 4, 8, 8), 20), random((4, 3, k, k), 21), random(3, 22)
+
+    def f(x, w, b):
+        return conv_transpose([x, w, b], **args, algorithm=algorithm)
+
+    xs = jax.device_put(x, NamedSharding(mesh, spec))
+    check_sharded(f, (x, w, b), (xs, w, b))
+    assert_close(f(xs, w, b), reference(x, w, b, **args), F64)  # eagerly too
+    out = jax.jit(f)(xs, w, b)
+    for i, entry in enumerate(spec):  # the output keeps x's batch and spatial sharding where sizes divide
+        names = (entry,) if isinstance(entry, str) else entry or ()
+        if names and i != 1 and out.shape[i] % math.prod(mesh.shape[a] for a in names) == 0:
+            assert out.sharding.spec[i] == entry, (out.sharding.spec, spec)
+
+
+def test_depth_split_exchanges_halos_only():
+    """A spatial split where the halo rule holds sends slices to neighbours, gathers nothing."""
+    mesh = jax.make_mesh((8,), ("z",))
     x, w = random((1, 8, 32, 6, 6), 3), random((8, 4, 4, 4, 4), 4)
 
     def f(x, w):
-        return conv_transpose([x, w], **A, algorithm=algorithm)
+        return conv_transpose([x, w], **A)
 
     xs = jax.device_put(x, NamedSharding(mesh, P(None, None, "z")))
-    check_sharded(f, (x, w), (xs, w))
     assert jax.jit(f)(xs, w).sharding.spec[2] == "z"
     forward = collectives(f, xs, w)
     assert forward["collective-permute"] and not forward["all-gather"], forward
+
+
+def test_sharded_weight_and_bias_are_gathered():
+    mesh = jax.make_mesh((2, 4), ("a", "b"))
+    x, w, b = random((4, 4, 8, 8), 23), random((4, 4, 3, 3), 24), random(4, 25)
+
+    def f(x, w, b):
+        return conv_transpose([x, w, b], kernel_shape=3, strides=2, algorithm="conv")
+
+    args = (jax.device_put(x, NamedSharding(mesh, P("a"))), jax.device_put(w, NamedSharding(mesh, P("b"))),
+            jax.device_put(b, NamedSharding(mesh, P("b"))))
+    check_sharded(f, (x, w, b), args)
+
+
+def test_inside_set_mesh_with_bias_and_plain_grad():
+    """Inside ``jax.set_mesh``: a batch-sharded layer with a bias, eagerly and under plain ``jax.grad``."""
+    mesh = jax.make_mesh((2, 4), ("a", "b"))
+    x, w, b = random((8, 4, 5, 5), 26), random((4, 3, 3, 3), 27), random(3, 28)
+
+    def f(x, w, b):
+        return conv_transpose([x, w, b], kernel_shape=3, strides=2)
+
+    with jax.set_mesh(mesh):
+        xs = jax.device_put(x, P(("a", "b")))
+        assert_close(f(xs, w, b), reference(x, w, b, kernel_shape=3, strides=2), F64)
+        got = jax.grad(loss_of(f), (0, 1, 2))(xs, w, b)
+    for g, want in zip(got, jax.grad(loss_of(f), (0, 1, 2))(x, w, b)):
+        assert_close(g, want, F64)
 
 
 # --------------------------------------------------------------------------- spatial, explicit halos
@@ -200,3 +266,5 @@ def test_readme_halo_recipe_on_8_devices():
     y, x, w, b = ns["y"], ns["x"], ns["w"], ns["b"]
     assert len(jax.devices()) == 8 and len(y.sharding.device_set) == 8
     assert_close(y, conv_transpose([np.asarray(x), w, b], kernel_shape=4, strides=2, pads=1))
+    plain = jax.grad(lambda w: jnp.sum(conv_transpose([np.asarray(x), w, b], kernel_shape=4, strides=2, pads=1) ** 2))
+    assert_close(ns["dw"], plain(w))  # the recipe's plain jax.grad, inside jax.set_mesh

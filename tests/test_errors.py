@@ -98,8 +98,13 @@ def test_nhwc_weight_layout_named():
 
 def test_generic_default_kernel_shape_mismatch_is_explained():
     x, w = jnp.ones((1, 2, 3, 3, 3)), jnp.ones((2, 2, 2, 2, 2))
-    with pytest.raises(ValueError, match=r"conv_transpose: `kernel_shape` must be an int or a sequence of 1 or 3"):
+    with pytest.raises(ValueError, match=r"conv_transpose: `kernel_shape` was not given, and its default \(3, 3\) "
+                       r"\(Dragon's\) is for 2 spatial axes; x has shape \(1, 2, 3, 3, 3\), 3 spatial axes"):
         conv_transpose([x, w])
+    with pytest.raises(ValueError, match=r"conv_transpose_plan: `kernel_shape` was not given"):
+        conv_transpose_plan(x.shape, w.shape)
+    with pytest.raises(ValueError, match=r"conv_transpose: `kernel_shape` must be an int or a sequence of 1 or 3"):
+        conv_transpose([x, w], kernel_shape=(3, 3))  # given: the usual message
 
 
 def test_traced_output_shape_must_be_static():

@@ -292,7 +292,7 @@ def test_explicit_phase_lowering_refuses_what_xla_cannot_index(algorithm):
     computes it with 'taps'."""
     x, w = np.ones((1, 8, 1, 1, 1), np.float32), np.ones((8, 8, 3, 3, 3), np.float32)
     with pytest.raises(ValueError, match=rf"conv3d_transpose: algorithm='{algorithm}' would build prod\(strides\) "
-                                         r"\* C_out = 64000000000 phase channels .* algorithm='taps'"):
+                                         r"\* C_out = 64000000000 phase channels .* algorithm='auto' or 'taps'"):
         conv3d_transpose([x, w], kernel_shape=3, strides=2000, algorithm=algorithm)
     y = conv3d_transpose([x, w], kernel_shape=3, strides=2000)
     np.testing.assert_array_equal(y, reference(x, w, kernel_shape=3, strides=2000))
@@ -302,5 +302,5 @@ def test_explicit_phases_refuses_too_many_phases():
     """'phases' unrolls one matrix product per phase; past MAX_PHASES it is refused by name."""
     x, w = np.ones((1, 8, 1, 1, 1), np.float32), np.ones((8, 8, 3, 3, 3), np.float32)
     with pytest.raises(ValueError, match=r"conv3d_transpose: algorithm='phases' would need prod\(strides\) = "
-                                         r"8000000000 phases to unroll, .*\(limit 512\); algorithm='taps'"):
+                                         r"8000000000 phases to unroll, .*\(limit 512\); algorithm='auto' or 'taps'"):
         conv3d_transpose([x, w], kernel_shape=3, strides=2000, algorithm="phases")
