@@ -70,6 +70,8 @@ def jaxlib_version() -> str:
 def selfcheck(algorithm: str) -> int:
     print(f"jax_deconv {jax_deconv.__version__}, jax {jax.__version__}, jaxlib {jaxlib_version()}")
     print(f"backend {jax.default_backend()}: {', '.join(str(d) for d in jax.devices())}")
+    isa = jax_deconv.native_kernels()
+    print(f"native CPU kernels: {'built, running ' + isa if isa else 'not built (the XLA lowerings run on CPU)'}")
     x, w = jnp.ones((1, 2, 2, 2, 2)), jnp.ones((2, 3, 1, 1, 1))
     y = jax_deconv.conv3d_transpose([x, w], kernel_shape=1, output_padding=(1, 1, 1), output_shape=(3, 3, 3))
     print(f"Dragon documentation example: conv3d_transpose -> shape {y.shape}, sum {float(y.sum())} (expected 48.0)")

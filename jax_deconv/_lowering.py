@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jax_deconv import _native as native
 from jax_deconv._cost import (
     GEMM_STEP_ABOVE,
     check_max_buffer_bytes,
@@ -391,6 +392,9 @@ def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer
         x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
         y = _lower(x32, w32, None, plan, algorithm, precision, None, max_buffer_bytes)
         y = y.astype(preferred or x.dtype)
+    elif algorithm == "native":
+        dtype = jnp.promote_types(x.dtype, preferred) if preferred is not None else x.dtype
+        y = native.conv_transpose(x.astype(dtype), w.astype(dtype), plan)
     elif algorithm == "gemm":
         slab = gemm_slab(plan, jnp.dtype(x.dtype).itemsize, max_buffer_bytes)
         y = _lower_gemm(x, w, plan, precision, preferred, slab or 0)
@@ -431,11 +435,14 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None, *, max_
 
     From the cost estimates of ``jax_deconv._cost`` (pure Python, from the plan's sizes):
 
+    * on CPU, ``'native'`` wherever the native kernels are built (:func:`native_kernels`) and
+      take the call (at most 3 spatial axes, a known batch), except NCHW calls with one
+      phase tap per axis (kernel <= stride), where ``'gemm'``'s channels-first form is faster;
     * where the phase form's buffers (its phase kernel, padded input, interleaved output)
       would exceed 8 times x + weight + y, or its work 4 times the definition's (large
       dilations, strides far above the input's size): ``'phases'`` if it unrolls at most 64
       phases within those buffers and an im2col within ``max_buffer_bytes`` (default
-      32 MiB), else ``'taps'``;
+      32 MiB), else ``'taps'`` if it unrolls at most 256 ops (64 taps), else ``'conv'``;
     * on CPU, ``'phases'`` where the phase form would do 3 times its work and it fits as
       above (a dilation sharing a factor with the stride empties phases);
     * on CPU otherwise, ``'gemm'``: its im2col in steps along the first spatial axis once it would
@@ -446,22 +453,26 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None, *, max_
 
     Inside a computation ``'auto'`` does not ask for JAX's default backend: it stages both
     choices with ``lax.platform_dependent``, and the platform the computation is compiled for
-    picks one (so a ``jax.export`` for several platforms runs ``'gemm'`` on CPU and ``'conv'``
-    on GPU/TPU). Sizes unknown until run time (symbolic shapes of ``jax.export``) are never
-    compared: a symbolic batch counts as one example, a symbolic spatial size chooses ``'conv'``,
-    whose buffers do not grow with the kernel's taps.
+    picks one (so a ``jax.export`` for several platforms runs the CPU choice on CPU and
+    ``'conv'`` on GPU/TPU; an exported ``'native'`` runs the XLA lowering it would take without
+    the kernels, since exported programs carry no custom calls). Sizes unknown until run time
+    (symbolic shapes of ``jax.export``) are never compared: a symbolic batch counts as one
+    example (and rules out ``'native'``), a symbolic spatial size chooses ``'conv'``, whose
+    buffers do not grow with the kernel's taps.
 
     Examples:
-      >>> from jax_deconv import choose_algorithm, conv_transpose_plan
+      >>> from jax_deconv import choose_algorithm, conv_transpose_plan, native_kernels
       >>> plan = conv_transpose_plan((2, 32, 16, 16, 16), (32, 16, 4, 4, 4), kernel_shape=4, strides=2)
-      >>> choose_algorithm(plan, "float32", "cpu"), choose_algorithm(plan, "float32", "gpu")
-      ('gemm', 'conv')
-      >>> choose_algorithm(plan, "float32", "cpu", max_buffer_bytes=2**10)  # one im2col row is 17 KiB
-      'conv'
+      >>> choose_algorithm(plan, "float32", "gpu"), choose_algorithm(plan, "float32", "cpu") == (
+      ...     "native" if native_kernels() else "gemm")
+      ('conv', True)
+      >>> up = conv_transpose_plan((1, 64, 24, 24, 24), (64, 32, 2, 2, 2), kernel_shape=2, strides=2)
+      >>> choose_algorithm(up, "float32", "cpu")  # NCHW, kernel <= stride: channels-first 'gemm'
+      'gemm'
       >>> dilated = conv_transpose_plan((1, 32, 16, 16, 16), (32, 16, 3, 3, 3), kernel_shape=3, strides=2,
       ...                               dilations=2)  # only 1 of the 8 phases receives taps
-      >>> choose_algorithm(dilated, "float32", "cpu"), choose_algorithm(dilated, "float32", "gpu")
-      ('phases', 'phases')
+      >>> choose_algorithm(dilated, "float32", "gpu")
+      'phases'
     """
     op = "choose_algorithm"
     if not isinstance(plan, Plan):
@@ -474,7 +485,8 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None, *, max_
         raise ValueError(f"{op}: `backend` must be None or one of {BACKENDS} (any case); got {backend!r}.")
     if not all(isinstance(v, int) for v in (*plan.in_spatial, *plan.out_spatial)):
         return "conv"
-    return choose(plan, itemsize, backend.lower(), budget).algorithm
+    kernels = native.unsupported(plan, dtype) is None
+    return choose(plan, itemsize, backend.lower(), budget, native=kernels).algorithm
 
 
 BACKENDS = ("cpu", "gpu", "cuda", "rocm", "tpu")
@@ -515,6 +527,14 @@ def _precision_refused(precision: Any) -> bool:
     return False
 
 
+def _refusal(plan: Plan, algorithm: str, dtype: Any, budget: int | None) -> str | None:
+    """Why an explicit ``algorithm`` cannot run ``plan`` (completing "would ..."), or None."""
+    if algorithm == "native":
+        reason = native.unsupported(plan, dtype) if not plan.is_zero else None
+        return None if reason is None else f"need the native kernels, which cannot run it: {reason}"
+    return refusal(plan, algorithm, np.dtype(dtype).itemsize, budget)
+
+
 def bind(
     op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any, dtype: Any, max_buffer_bytes: Any = None
 ) -> functools.partial:
@@ -533,7 +553,7 @@ def bind(
             runs = {choose_algorithm(plan, dtype, b, max_buffer_bytes=budget) for b in ("cpu", "gpu")}
         itemsize = np.dtype(dtype).itemsize
         for name in sorted(runs):
-            reason = refusal(plan, name, itemsize, budget)
+            reason = _refusal(plan, name, dtype, budget)
             if reason is None:
                 continue
             if name == "gemm" and gemm_slab(plan, itemsize, budget) is None:
@@ -544,7 +564,7 @@ def bind(
                     f"algorithm='conv' (no im2col) or 'auto'"
                 )
             else:
-                allowed = [a for a in ALGORITHMS[1:] if a != name and not refusal(plan, a, itemsize, budget)]
+                allowed = [a for a in ALGORITHMS[1:] if a != name and not _refusal(plan, a, dtype, budget)]
                 others = ["'auto'", *map(repr, allowed)]
                 reason += f"; algorithm={', '.join(others[:-1])} or {others[-1]} computes it"
             shown = repr(algorithm) if algorithm == name else f"{algorithm!r} (running {name!r})"
@@ -552,3 +572,13 @@ def bind(
     return functools.partial(
         apply, algorithm=algorithm, precision=precision, preferred=preferred, max_buffer_bytes=budget
     )
+
+
+def _xla_forward(x: jax.Array, w: jax.Array, plan: Plan, backend: str) -> jax.Array:
+    """The forward of ``plan`` by the XLA lowering ``'auto'`` would take on ``backend`` without
+    the native kernels: how the native primitives lower off CPU and in ``jax.export``."""
+    algorithm = choose(plan, np.dtype(x.dtype).itemsize, backend, None, native=False).algorithm
+    return _lower(x, w, None, plan, algorithm, None, None, None)
+
+
+native.set_xla_forward(_xla_forward)

@@ -14,7 +14,7 @@ Padding = Literal["VALID", "SAME", "SAME_UPPER", "SAME_LOWER"]
 DataFormat = Literal["NCHW", "NHWC"]
 """Channels first (``'NCHW'``, any number of spatial axes) or channels last (``'NHWC'``)."""
 
-Algorithm = Literal["auto", "conv", "gemm", "phases", "taps"]
+Algorithm = Literal["auto", "conv", "gemm", "phases", "taps", "native"]
 """How the phase form is lowered; see :func:`jax_deconv.choose_algorithm`."""
 
 AutoPad = Literal["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]

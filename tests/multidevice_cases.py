@@ -73,6 +73,8 @@ def test_batch_sharded_equals_one_device(algorithm, axis_type):
 
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
     check_sharded(f, (x, w, b), (xs, w, b))
+    if axis_type == AxisType.Auto and algorithm == "native":
+        return  # a custom call XLA's partitioner cannot split: it runs on the gathered batch (README)
     assert jax.jit(f)(xs, w, b).sharding.spec[0] == "data"  # the batch stays sharded
     if axis_type == AxisType.Explicit or algorithm == "gemm":
         assert not any(collectives(f, xs, w, b).values())  # forward: no communication at all

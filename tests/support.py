@@ -9,10 +9,14 @@ import re
 import jax.numpy as jnp
 import numpy as np
 
+from jax_deconv import native_kernels
+
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
-ALGORITHMS = ("conv", "gemm", "phases", "taps")
-PHASE_ALGORITHMS = ("conv", "gemm")  # the lowerings 'auto' picks for ordinary layers
-VARIANTS = ("conv", "gemm", "gemm-steps", "phases", "taps")
+NATIVE = native_kernels() is not None
+"""Whether the native CPU kernels are built here (CI requires them; see ``test_native.py``)."""
+ALGORITHMS = ("conv", "gemm", "phases", "taps", *(("native",) if NATIVE else ()))
+PHASE_ALGORITHMS = ("conv", "gemm")  # the XLA lowerings 'auto' picks for ordinary layers
+VARIANTS = ("conv", "gemm", "gemm-steps", "phases", "taps", *(("native",) if NATIVE else ()))
 """The algorithms, plus 'gemm' forced into its smallest steps (one phase row each) by the
 smallest ``max_buffer_bytes`` it accepts; :func:`variant_kwargs` turns a name into arguments."""
 FAST_COMPILE = "--xla_backend_optimization_level=0"  # the suite's compile level: see conftest.py

@@ -66,7 +66,7 @@ BAD = [
     (dict(inputs=[X.astype(np.int32), W]), TypeError, r"`x` must have a floating dtype .*; got int32"),
     (dict(inputs=[X, "w"]), TypeError, r"`weight` must .*"),
     (dict(algorithm="fft"), ValueError,
-     r"`algorithm` must be one of \('auto', 'conv', 'gemm', 'phases', 'taps'\); got 'fft'"),
+     r"`algorithm` must be one of \('auto', 'conv', 'gemm', 'phases', 'taps', 'native'\); got 'fft'"),
 ]
 
 

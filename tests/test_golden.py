@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from support import GOLDEN_FORWARD_TOL, GOLDEN_GRADIENT_TOL, VARIANTS, load_golden, variant_kwargs
+from support import GOLDEN_FORWARD_TOL, GOLDEN_GRADIENT_TOL, NATIVE, VARIANTS, load_golden, variant_kwargs
 
 from jax_deconv import choose_algorithm, conv_transpose, conv_transpose_plan
 
@@ -16,12 +16,14 @@ def test_all_cases_present():
     assert len(CASES) == 540
 
 
-# What 'auto' runs on CPU ('gemm', or 'phases' where the phase form would multiply mostly zeros)
-# runs on every case; the other of the two and 'conv' (the same phase form through XLA's
-# convolution) on every 6th case; 'taps' (one product per kernel tap, compiles about 2x slower)
-# and 'gemm' in steps (a loop, rematerialised, about as slow) on every 18th (different ones).
-# Each runs on every case of the random and transform suites against the reference.
-SAMPLED = {"conv": (6, 1), "gemm": (6, 2), "phases": (6, 5), "taps": (18, 0), "gemm-steps": (18, 9)}
+# What 'auto' runs on CPU ('native' where the kernels are built; else 'gemm', or 'phases' where
+# the phase form would multiply mostly zeros) runs on every case; 'gemm', 'phases' and 'conv'
+# (the phase form through XLA's convolution, what 'auto' runs on GPU) on every 6th case
+# besides; 'taps' (one product per kernel tap, compiles about 2x slower) and 'gemm' in steps (a
+# loop, rematerialised, about as slow) on every 18th (different ones). Each runs on every case
+# of the random and transform suites against the reference.
+SAMPLED = {"conv": (6, 1), "gemm": (6, 2), "phases": (6, 5), "taps": (18, 0), "gemm-steps": (18, 9),
+           "native": (6, 3)}
 
 
 def _auto_on_cpu(case) -> str:
@@ -34,8 +36,10 @@ RUNS = [(case, variant) for i, case in enumerate(CASES) for variant in VARIANTS
         if variant == AUTO[i] or i % SAMPLED[variant][0] == SAMPLED[variant][1]]
 
 
-def test_auto_runs_gemm_or_phases_on_cpu():
-    assert set(AUTO) == {"gemm", "phases"}
+def test_auto_runs_native_where_built_on_cpu():
+    assert set(AUTO) == ({"native", "gemm"} if NATIVE else {"gemm", "phases"})
+    if NATIVE:  # the XLA lowering only where 'gemm' runs NCHW channels-first
+        assert AUTO.count("native") > len(AUTO) // 2
 
 
 @pytest.mark.parametrize("case,variant", RUNS, ids=[f"{c[0]}-{a}" for c, a in RUNS])

@@ -102,4 +102,4 @@ def test_export_round_trip_with_symbolic_batch():
     restored = export.deserialize(exported.serialize())
     for n in (1, 3):
         x = jax.random.normal(jax.random.key(n), (n, 8, 5, 5, 5))
-        np.testing.assert_array_equal(restored.call(x, w), jax.jit(f)(x, w))
+        np.testing.assert_allclose(restored.call(x, w), jax.jit(f)(x, w), rtol=2e-5, atol=2e-5)

@@ -13,8 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import NATIVE
 
 from jax_deconv import conv_transpose, conv_transpose_plan
+from jax_deconv._cost import choose
 
 pytestmark = pytest.mark.skipif(jax.default_backend() != "cpu", reason="the bounds are stated for XLA:CPU")
 
@@ -44,14 +46,16 @@ def random_layer(seed: int) -> tuple[dict, tuple, tuple]:
     return args, x_shape, w_shape
 
 
-def temporaries(args: dict, x_shape, w_shape, budget: int | None) -> tuple[int, int, int]:
-    """(bytes of x + w + y, forward temporaries, gradient temporaries), float32, compiled for CPU."""
+def temporaries(args: dict, x_shape, w_shape, budget: int | None, xla_only: bool = False) -> tuple[int, int, int]:
+    """(bytes of x + w + y, forward temporaries, gradient temporaries), float32, compiled for CPU
+    under 'auto' (``xla_only``: what 'auto' runs without the native kernels)."""
     plan = conv_transpose_plan(x_shape, w_shape, **args)
     x, w = jax.ShapeDtypeStruct(x_shape, jnp.float32), jax.ShapeDtypeStruct(w_shape, jnp.float32)
     call = 4 * (int(np.prod(x_shape)) + int(np.prod(w_shape)) + int(np.prod(plan.out_shape)))
+    algorithm = choose(plan, 4, "cpu", budget).algorithm if xla_only else "auto"
 
     def forward(x, w):
-        return conv_transpose([x, w], **args, max_buffer_bytes=budget)
+        return conv_transpose([x, w], **args, max_buffer_bytes=budget, algorithm=algorithm)
 
     def gradient(x, w):
         return jax.vjp(forward, x, w)[1](jnp.ones(plan.out_shape, jnp.float32))
@@ -82,9 +86,9 @@ def test_max_buffer_bytes_shrinks_a_large_im2col():
     row) 'auto' takes 'conv', which builds no im2col."""
     args = dict(kernel_shape=3, pads=1, data_format="NHWC")
     shapes = ((1, 32, 32, 32, 32), (32, 3, 3, 3, 32))
-    _, whole, whole_grad = temporaries(args, *shapes, budget=2**40)  # all at once
-    _, stepped, stepped_grad = temporaries(args, *shapes, budget=4 * MiB)
-    _, lean, lean_grad = temporaries(args, *shapes, budget=2 * MiB)
+    _, whole, whole_grad = temporaries(args, *shapes, budget=2**40, xla_only=True)  # all at once
+    _, stepped, stepped_grad = temporaries(args, *shapes, budget=4 * MiB, xla_only=True)
+    _, lean, lean_grad = temporaries(args, *shapes, budget=2 * MiB, xla_only=True)
     y_bytes = 4 * 32**4
     assert whole >= 27 * 4 * 32**4  # the im2col: 27 taps x the padded input
     assert stepped <= y_bytes + 2 * 4 * MiB + MiB, stepped / MiB
@@ -126,10 +130,12 @@ def test_auto_choice_follows_the_budget():
     from jax_deconv import choose_algorithm
 
     plan = conv_transpose_plan(X_F.shape, W_F.shape, kernel_shape=3)
-    assert choose_algorithm(plan, "float32", "cpu") == "gemm"
-    assert choose_algorithm(plan, "float32", "cpu", max_buffer_bytes=55296) == "gemm"
-    assert choose_algorithm(plan, "float32", "cpu", max_buffer_bytes=55295) == "conv"
+    assert choose(plan, 4, "cpu").algorithm == "gemm"  # without the native kernels
+    assert choose(plan, 4, "cpu", 55296).algorithm == "gemm"
+    assert choose(plan, 4, "cpu", 55295).algorithm == "conv"
     assert choose_algorithm(plan, "float32", "gpu", max_buffer_bytes=55296) == "conv"
+    # the native kernels build no im2col: no budget changes their choice
+    assert choose_algorithm(plan, "float32", "cpu", max_buffer_bytes=1) == ("native" if NATIVE else "conv")
 
 
 def test_layers_take_and_check_the_budget():

@@ -32,6 +32,7 @@ from jax_deconv import (
     onnx_conv_transpose,
 )
 from jax_deconv import lax as dlax
+from jax_deconv._cost import choose
 
 # ---------------------------------------------------------------- 2. batch 0
 
@@ -95,14 +96,18 @@ def test_auto_keeps_compile_size_small(name):
     x_shape, w_shape, kwargs = COMPILE_SIZE_CASES[name]
     rng = np.random.default_rng(1)
     x, w = rng.standard_normal(x_shape).astype(np.float32), rng.standard_normal(w_shape).astype(np.float32)
+    plan = conv_transpose_plan(x_shape, w_shape, **kwargs)
+    # 'auto' here, and the XLA lowerings it takes without the native kernels on CPU and on GPU
+    for algorithm in {"auto", choose(plan, 4, "cpu").algorithm, choose(plan, 4, "gpu").algorithm}:
 
-    def grad(x, w):
-        return jax.grad(lambda x, w: jnp.sum(conv_transpose([x, w], **kwargs) ** 2), (0, 1))(x, w)
+        def grad(x, w, algorithm=algorithm):
+            loss = lambda x, w: jnp.sum(conv_transpose([x, w], **kwargs, algorithm=algorithm) ** 2)  # noqa: E731
+            return jax.grad(loss, (0, 1))(x, w)
 
-    hlo = jax.jit(grad).lower(x, w).as_text()
-    assert len(hlo.splitlines()) < 400, len(hlo.splitlines())
-    y = conv_transpose([x, w], **kwargs)
-    np.testing.assert_allclose(y, reference(x, w, **kwargs), rtol=1e-4, atol=1e-4)
+        hlo = jax.jit(grad).lower(x, w).as_text()
+        assert len(hlo.splitlines()) < 400, (algorithm, len(hlo.splitlines()))
+        y = conv_transpose([x, w], **kwargs, algorithm=algorithm)
+        np.testing.assert_allclose(y, reference(x, w, **kwargs), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(
@@ -110,13 +115,14 @@ def test_auto_keeps_compile_size_small(name):
     [
         (lambda: conv1d_transpose([jnp.ones((1, 1, 1)), jnp.ones((1, 1, 8192))], kernel_shape=8192, algorithm="taps"),
          r"conv1d_transpose: algorithm='taps' would need 32768 ops to unroll \(limit 4096\); "
-         r"algorithm='auto' or 'conv' computes it"),
+         r"algorithm='auto', 'conv'( or 'native')? computes it"),
         (lambda: conv1d_transpose([jnp.ones((1, 1, 1)), jnp.ones((1, 1, 8192))], kernel_shape=8192, algorithm="gemm"),
          r"algorithm='gemm' would need 8193 ops to unroll \(limit 4096\)"),
         (lambda: conv3d_transpose([jnp.ones((1, 1, 2, 2, 2)), jnp.ones((1, 1, 2, 2, 2))], kernel_shape=2,
                                   dilations=1000, pads=497, algorithm="conv"),
          r"conv3d_transpose: algorithm='conv' would build a phase-form buffer of 4096770048 bytes .* for a call "
-         r"whose x \+ weight \+ y hold 2112 bytes; algorithm='auto', 'phases' or 'taps' computes it"),
+         r"whose x \+ weight \+ y hold 2112 bytes; algorithm='auto', 'phases'(,| or) 'taps'( or 'native')? "
+         r"computes it"),
     ],
 )
 def test_explicit_choices_past_their_caps_are_refused_by_name(call, pattern):
@@ -204,7 +210,7 @@ def test_messages_name_the_argument(call, exc, pattern):
 
 def test_choose_algorithm_validates_its_arguments():
     plan = conv_transpose_plan((2, 32, 16, 16, 16), (32, 16, 4, 4, 4), kernel_shape=4, strides=2)
-    assert choose_algorithm(plan, "float32", "CPU") == choose_algorithm(plan, "float32", "cpu") == "gemm"
+    assert choose_algorithm(plan, "float32", "CPU") == choose_algorithm(plan, "float32", "cpu") != "conv"
     assert choose_algorithm(plan, "float32", "Cuda") == "conv"
     cases = [
         (dict(backend="foo"), ValueError, r"choose_algorithm: `backend` must be None or one of \('cpu', 'gpu'"),

@@ -1,0 +1,304 @@
+"""``algorithm='native'``: jax_deconv's own CPU kernels (``kernels.cc``) under the XLA FFI.
+
+A call is brought to one canonical problem: channels-last, three spatial axes (unit axes in
+front for 1-D and 2-D), the weight packed per group and tap as ``(G, Kd, Kh, Kw, Cg_in,
+Cg_out)``. Three primitives compute its three linear maps, each a C++ kernel:
+
+* ``forward_p(x, wf) -> y``: the transposed convolution;
+* ``dx_p(dy, wf) -> dx``: its transpose in ``x`` (a strided correlation of ``dy``);
+* ``dw_p(x, dy) -> dwf``: its transpose in the weight.
+
+Each is bilinear, and the transposes of each are the other two, as for
+``lax.conv_general_dilated``; so ``grad``, ``vjp``, ``jvp``, ``jacfwd``, ``hessian`` and
+``linearize`` need no other rule. ``vmap`` folds a mapped ``x`` (or ``dy``) into the batch and
+maps anything else with ``lax.map``.
+
+Lowering: on CPU, with the kernels built, a custom call to them; everywhere else, and in
+``jax.export`` (whose programs must carry no custom call), the same maps in plain XLA, through
+the lowering that ``jax_deconv._lowering`` registers with :func:`set_xla_forward`. Without the
+compiled kernels (no compiler at install time) :data:`AVAILABLE` is False, ``'auto'`` never
+takes ``'native'`` and an explicit ``algorithm='native'`` computes through that XLA lowering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching, mlir
+
+from jax_deconv._plan import Plan, full_length
+
+try:
+    from jax_deconv._native import _kernels  # pyright: ignore[reportAttributeAccessIssue]
+except ImportError as error:  # built without a compiler, or for another platform
+    _kernels = None
+    UNAVAILABLE_BECAUSE = f"the compiled kernels did not load ({error})"
+else:
+    UNAVAILABLE_BECAUSE = ""
+    for _name, _capsule in _kernels.handlers().items():
+        jax.ffi.register_ffi_target(f"jax_deconv_{_name}", _capsule, platform="cpu")
+
+AVAILABLE = _kernels is not None
+"""Whether the compiled kernels loaded (see :func:`native_kernels`)."""
+
+MAX_NDIM = 3
+"""The kernels take 1 to 3 spatial axes; calls with more keep the XLA lowerings."""
+
+
+def native_kernels() -> str | None:
+    """Whether jax_deconv's native CPU kernels are built, and the instruction set they run on
+    this processor: ``'avx512f'``, ``'avx2+fma'``, ``'x86-64 baseline'`` or ``'portable C++'``;
+    None when they are not (no C++ compiler at install time: the XLA lowerings run instead).
+
+    Examples:
+      >>> from jax_deconv import native_kernels
+      >>> native_kernels() in (None, "avx512f", "avx2+fma", "x86-64 baseline", "portable C++")
+      True
+    """
+    return _kernels.isa() if _kernels is not None else None
+
+
+# --------------------------------------------------------------------------- the canonical problem
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """The canonical problem of a plan: channels-last, three spatial axes, sizes only."""
+
+    batch: int
+    group: int
+    cg_in: int
+    cg_out: int
+    in_spatial: tuple[int, int, int]
+    out_spatial: tuple[int, int, int]
+    kernel: tuple[int, int, int]
+    strides: tuple[int, int, int]
+    dilations: tuple[int, int, int]
+    pad_begin: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, plan: Plan) -> Geometry:
+        def three(values: tuple[int, ...], fill: int) -> tuple[int, int, int]:
+            return tuple([fill] * (3 - len(values)) + list(values))  # pyright: ignore[reportReturnType]
+
+        return cls(
+            batch=plan.batch, group=plan.group, cg_in=plan.in_channels // plan.group,
+            cg_out=plan.out_channels // plan.group, in_spatial=three(plan.in_spatial, 1),
+            out_spatial=three(plan.out_spatial, 1), kernel=three(plan.kernel, 1), strides=three(plan.strides, 1),
+            dilations=three(plan.dilations, 1), pad_begin=three(plan.pad_begin, 0),
+        )
+
+    def as_attribute(self) -> np.ndarray:
+        """The 22 sizes the kernels read, in their order."""
+        return np.array([self.batch, self.group, self.cg_in, self.cg_out, *self.in_spatial, *self.out_spatial,
+                         *self.kernel, *self.strides, *self.dilations, *self.pad_begin], np.int64)
+
+    def plan(self) -> Plan:
+        """The canonical problem as a channels-last 3-D :class:`Plan` (for the XLA lowering)."""
+        full = tuple(map(full_length, self.in_spatial, self.kernel, self.strides, self.dilations))
+        return Plan(
+            data_format="NHWC", batch=self.batch, in_channels=self.group * self.cg_in,
+            out_channels=self.group * self.cg_out, group=self.group, in_spatial=self.in_spatial,
+            kernel=self.kernel, strides=self.strides, dilations=self.dilations, pad_begin=self.pad_begin,
+            pad_end=tuple(f - b - o for f, b, o in zip(full, self.pad_begin, self.out_spatial)),
+            out_spatial=self.out_spatial, has_bias=False,
+        )
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        g, k = self.group, self.kernel
+        return dict(
+            x=(self.batch, *self.in_spatial, g * self.cg_in),
+            y=(self.batch, *self.out_spatial, g * self.cg_out),
+            w=(g, *k, self.cg_in, self.cg_out),
+        )
+
+
+# --------------------------------------------------------------------------- the primitives
+
+forward_p = Primitive("jax_deconv_native_forward")
+dx_p = Primitive("jax_deconv_native_dx")
+dw_p = Primitive("jax_deconv_native_dw")
+_RESULT = {forward_p: "y", dx_p: "x", dw_p: "w"}
+
+
+def _abstract(prim: Primitive):
+    def rule(a, b, *, geometry: Geometry):
+        # Inside shard_map, the result varies over the manual axes its operands vary over
+        # (:func:`_bind` makes both operands vary over the same ones) and is unsharded within.
+        sharding = jax.sharding.NamedSharding(a.sharding.mesh, jax.sharding.PartitionSpec())
+        return a.update(shape=geometry.shapes()[_RESULT[prim]], sharding=sharding, weak_type=False)
+
+    return rule
+
+
+def _varying(value: Any) -> frozenset:
+    """The manual mesh axes (inside ``shard_map``) that ``value`` varies over."""
+    return frozenset(getattr(getattr(jax.typeof(value), "manual_axis_type", None), "varying", ()))
+
+
+def _bind(prim: Primitive, a: Any, b: Any, geometry: Geometry) -> jax.Array:
+    """``prim.bind`` with both operands varying over the same manual axes, as JAX's own
+    primitives have them (a device's block of x with a weight replicated over its axis)."""
+    va, vb = _varying(a), _varying(b)
+    if va - vb:
+        b = lax.pcast(b, tuple(sorted(va - vb)), to="varying")
+    if vb - va:
+        a = lax.pcast(a, tuple(sorted(vb - va)), to="varying")
+    return prim.bind(a, b, geometry=geometry)
+
+
+def _impl(prim: Primitive):
+    def impl(a, b, *, geometry: Geometry):  # outside jit: compile the one primitive
+        return jax.jit(prim.bind, static_argnames="geometry")(a, b, geometry=geometry)
+
+    return impl
+
+
+for _prim in _RESULT:
+    _prim.def_impl(_impl(_prim))
+    _prim.def_abstract_eval(_abstract(_prim))
+
+# Transposes: each map's transpose in either operand is one of the other two.
+ad.defbilinear(
+    forward_p,
+    lambda ct, x, wf, *, geometry: _bind(dx_p, ct, wf, geometry),
+    lambda ct, x, wf, *, geometry: _bind(dw_p, x, ct, geometry),
+)
+ad.defbilinear(
+    dx_p,
+    lambda ct, dy, wf, *, geometry: _bind(forward_p, ct, wf, geometry),
+    lambda ct, dy, wf, *, geometry: _bind(dw_p, ct, dy, geometry),
+)
+ad.defbilinear(
+    dw_p,
+    lambda ct, x, dy, *, geometry: _bind(dx_p, dy, ct, geometry),
+    lambda ct, x, dy, *, geometry: _bind(forward_p, x, ct, geometry),
+)
+
+
+def _batch(prim: Primitive):
+    def rule(args, dims, *, geometry: Geometry):
+        a, b = args
+        da, db = dims
+        if db is None and prim is not dw_p:  # a mapped x or dy: more examples
+            a = jnp.moveaxis(a, da, 0)
+            size, n = a.shape[0], geometry.batch
+            wide = dataclasses.replace(geometry, batch=size * n)
+            out = _bind(prim, a.reshape(size * n, *a.shape[2:]), b, wide)
+            return out.reshape(size, n, *out.shape[1:]), 0
+        size = a.shape[da] if da is not None else b.shape[db]
+        a = jnp.moveaxis(a, da, 0) if da is not None else jnp.broadcast_to(a, (size, *a.shape))
+        b = jnp.moveaxis(b, db, 0) if db is not None else jnp.broadcast_to(b, (size, *b.shape))
+        return lax.map(lambda ab: _bind(prim, ab[0], ab[1], geometry), (a, b)), 0
+
+    return rule
+
+
+for _prim in _RESULT:
+    batching.primitive_batchers[_prim] = _batch(_prim)
+
+
+# --------------------------------------------------------------------------- lowering
+
+_XLA_FORWARD: list[Callable[[jax.Array, jax.Array, Plan, str], jax.Array]] = []
+
+
+def set_xla_forward(forward: Callable[[jax.Array, jax.Array, Plan, str], jax.Array]) -> None:
+    """Register the plain-XLA forward (``y = f(x, w, plan, backend)``, any plan) that lowers
+    these primitives off CPU, in ``jax.export`` and where the kernels are not built."""
+    _XLA_FORWARD[:] = [forward]
+
+
+def _xla_map(prim: Primitive, geometry: Geometry, backend: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``prim``'s map in plain XLA: the registered forward on the canonical plan, and its VJPs."""
+    plan = geometry.plan()
+    shapes = geometry.shapes()
+
+    def forward(x, wf):  # wf (G, K.., Cg_in, Cg_out) -> the plan's NHWC weight (C_in, K.., Cg_out)
+        w = jnp.moveaxis(wf, -2, 1).reshape(plan.in_channels, *plan.kernel, geometry.cg_out)
+        return _XLA_FORWARD[0](x, w, plan, backend)
+
+    if prim is forward_p:
+        return forward
+    if prim is dx_p:
+        return lambda dy, wf: jax.vjp(lambda x: forward(x, wf), jnp.zeros(shapes["x"], dy.dtype))[1](dy)[0]
+    return lambda x, dy: jax.vjp(lambda wf: forward(x, wf), jnp.zeros(shapes["w"], x.dtype))[1](dy)[0]
+
+
+def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    result = geometry.shapes()[_RESULT[prim]]
+    attribute = geometry.as_attribute()
+
+    def call(a, b):
+        if prim is dx_p:  # the input gradient's kernel reads the weight as (G, K.., Cg_out, Cg_in)
+            target, b = "jax_deconv_dx", jnp.swapaxes(b, -1, -2)
+        else:
+            target = "jax_deconv_forward" if prim is forward_p else "jax_deconv_dw"
+        return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result, a.dtype))(a, b, geometry=attribute)
+
+    return call
+
+
+def _lowering(prim: Primitive, native: bool):
+    def rule(ctx, a, b, *, geometry: Geometry):
+        for_export = getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
+        dtype = ctx.avals_in[0].dtype
+        if native and AVAILABLE and not for_export and dtype in (np.float32, np.float64) and _nonempty(geometry):
+            fn = _ffi_map(prim, geometry)
+        else:
+            fn = _xla_map(prim, geometry, "cpu" if native else "gpu")
+        return mlir.lower_fun(fn, multiple_results=False)(ctx, a, b)
+
+    return rule
+
+
+def _nonempty(geometry: Geometry) -> bool:
+    sizes = geometry.shapes()
+    return all(math.prod(shape) > 0 for shape in sizes.values())
+
+
+for _prim in _RESULT:
+    mlir.register_lowering(_prim, _lowering(_prim, native=False))
+    mlir.register_lowering(_prim, _lowering(_prim, native=True), platform="cpu")
+
+
+# --------------------------------------------------------------------------- the operator
+
+
+def conv_transpose(x: jax.Array, w: jax.Array, plan: Plan) -> jax.Array:
+    """``plan``'s transposed convolution (no bias) through the native primitives.
+
+    ``x`` and ``w`` in the plan's layout and a dtype the kernels take (float32 or float64;
+    the caller handles 16-bit inputs); at most :data:`MAX_NDIM` spatial axes.
+    """
+    geometry = Geometry.of(plan)
+    g = plan.group
+    shapes = geometry.shapes()
+    if plan.data_format == "NCHW":  # -> channels-last
+        x = jnp.moveaxis(x, 1, -1)
+        w = jnp.moveaxis(w, 1, -1)  # (C_in, K.., Cg_out)
+    w = w.reshape(g, plan.in_channels // g, *plan.kernel, plan.out_channels // g)
+    wf = jnp.moveaxis(w, 1, -2).reshape(shapes["w"])  # (G, K.., Cg_in, Cg_out)
+    y = _bind(forward_p, x.reshape(shapes["x"]), wf, geometry)
+    y = y.reshape(plan.batch, *plan.out_spatial, plan.out_channels)
+    return jnp.moveaxis(y, -1, 1) if plan.data_format == "NCHW" else y
+
+
+def unsupported(plan: Plan, dtype: Any) -> str | None:
+    """Why the kernels cannot run ``plan`` with inputs of ``dtype`` (16-bit inputs are widened
+    to float32 first), or None."""
+    if not AVAILABLE:
+        return UNAVAILABLE_BECAUSE
+    if plan.ndim > MAX_NDIM:
+        return f"{plan.ndim} spatial axes (the kernels take at most {MAX_NDIM})"
+    if np.dtype(dtype).itemsize > 8:
+        return f"dtype {np.dtype(dtype)} (the kernels take float32 and float64)"
+    return None

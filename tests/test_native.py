@@ -1,0 +1,141 @@
+"""The native CPU kernels (``algorithm='native'``): build, instruction sets, batching rules, export.
+
+The numbers themselves are checked where every algorithm is: the golden, reference, transform,
+sweep, hardening and memory suites run ``'native'`` wherever the kernels are built (CI builds
+them: ``.ci/run`` sets ``JAX_DECONV_REQUIRE_NATIVE``). Here: what is particular to them.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference import reference
+from support import NATIVE
+
+from jax_deconv import conv_transpose, native_kernels
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+needs_kernels = pytest.mark.skipif(not NATIVE, reason="the native kernels are not built here")
+
+
+def test_kernels_are_built_where_required():
+    if os.environ.get("JAX_DECONV_REQUIRE_NATIVE"):
+        assert native_kernels() is not None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return set()
+
+
+@needs_kernels
+def test_the_best_instruction_set_of_this_processor_is_chosen():
+    flags = _cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo")
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
+        assert native_kernels() == "avx512f"
+    elif {"avx2", "fma"} <= flags:
+        assert native_kernels() == "avx2+fma"
+    else:
+        assert native_kernels() in ("x86-64 baseline", "portable C++")
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", ["avx2+fma", "baseline"])
+def test_every_instruction_set_variant_matches_the_reference(isa):
+    """The lower variants, forced by JAX_DECONV_ISA, through the randomised sweep (forward,
+    VJP and JVP against the NumPy reference, float64) in a subprocess."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the instruction-set variants are x86-64's")
+    if isa == "avx2+fma" and not {"avx2", "fma"} <= _cpu_flags():
+        pytest.skip("this processor has no AVX2/FMA")
+    env = dict(os.environ, JAX_DECONV_ISA=isa)
+    expected = {"avx2+fma": "avx2+fma", "baseline": "x86-64 baseline"}[isa]
+    code = f"import jax_deconv; assert jax_deconv.native_kernels() == {expected!r}, jax_deconv.native_kernels()"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, os.path.join(HERE, "sweep.py"), "41", "24", "native"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "SWEEP 24 0", out.stdout[-3000:]
+
+
+ARGS = dict(kernel_shape=3, strides=2, pads=1, group=2)
+
+
+def _loss(x, w):
+    return jnp.sum(jnp.sin(conv_transpose([x, w], **ARGS, algorithm="native")))
+
+
+@needs_kernels
+@pytest.mark.parametrize("in_axes", [(0, None), (None, 0), (0, 0), (2, 1)])
+def test_batching_rules_of_all_three_kernels(in_axes):
+    """``vmap`` of forward, dx and dw (a per-example gradient maps x and dy together) against a
+    Python loop over the mapped axis, which needs no batching rule."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rng = np.random.default_rng(5)
+        x, w = rng.standard_normal((2, 4, 3, 5)), rng.standard_normal((4, 3, 3, 3))
+        size = 3
+        xs = np.stack([x * (i + 1) for i in range(size)], axis=in_axes[0]) if in_axes[0] is not None else x
+        ws = np.stack([w - i for i in range(size)], axis=in_axes[1]) if in_axes[1] is not None else w
+
+        def take(a, axis, i):
+            return a if axis is None else np.take(a, i, axis=axis)
+
+        for f in (_loss, jax.grad(_loss, (0, 1))):
+            got = jax.jit(jax.vmap(f, in_axes=in_axes))(xs, ws)
+            for i in range(size):
+                want = f(take(xs, in_axes[0], i), take(ws, in_axes[1], i))
+                for g, e in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                    np.testing.assert_allclose(np.asarray(g)[i], e, rtol=1e-12, atol=1e-12)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+@needs_kernels
+def test_results_are_deterministic_and_match_the_reference():
+    """Each output element is summed by one thread in a fixed order: repeated calls agree bit for bit."""
+    rng = np.random.default_rng(6)
+    x, w = rng.standard_normal((3, 16, 9, 7, 5)).astype(np.float32), rng.standard_normal((16, 8, 4, 4, 4))
+    w = w.astype(np.float32)
+    f = jax.jit(jax.value_and_grad(lambda x, w: jnp.sum(conv_transpose([x, w], kernel_shape=4, strides=2, pads=1,
+                                                                       algorithm="native") ** 2), (0, 1)))
+    first = jax.tree.map(np.asarray, f(x, w))
+    for _ in range(3):
+        for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(f(x, w))):
+            np.testing.assert_array_equal(a, b)
+    y = conv_transpose([x, w], kernel_shape=4, strides=2, pads=1, algorithm="native")
+    np.testing.assert_allclose(y, reference(x, w, kernel_shape=4, strides=2, pads=1), rtol=1e-4, atol=1e-4)
+
+
+@needs_kernels
+def test_export_carries_the_xla_lowering_with_the_same_answer():
+    """``jax.export`` of a call that runs the kernels under ``jit``: the exported program has no
+    custom call, and its forward and gradients equal the kernels' own."""
+    rng = np.random.default_rng(7)
+    x, w = rng.standard_normal((2, 6, 5, 4)).astype(np.float32), rng.standard_normal((6, 3, 3, 3)).astype(np.float32)
+    f = jax.jit(jax.value_and_grad(_loss, (0, 1)))
+    assert "custom_call @jax_deconv" in f.lower(x, w).as_text()
+    exported = jax.export.export(f)(x, w)
+    assert "custom_call @jax_deconv" not in exported.mlir_module()
+    for got, want in zip(jax.tree.leaves(exported.call(x, w)), jax.tree.leaves(f(x, w))):
+        np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
+
+
+def test_explicit_native_beyond_three_spatial_axes_is_refused_by_name():
+    x, w = jnp.ones((1, 1, 2, 2, 2, 2)), jnp.ones((1, 1, 2, 2, 2, 2))
+    with pytest.raises(ValueError, match=r"conv_transpose: algorithm='native' would need the native kernels, which "
+                                         r"cannot run it: .*(4 spatial axes \(the kernels take at most 3\)|load)"):
+        conv_transpose([x, w], kernel_shape=2, algorithm="native")
