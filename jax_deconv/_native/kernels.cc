@@ -114,11 +114,12 @@ JD_INLINE void store(void* p, V v) {
 
 constexpr int kRows = 6;  // rows of C per register tile: 6 x 2 vectors = 12 accumulators
 
-// C[m, j0 : j0 + NV*L] += sum_k A[m, k] * B[k, j0 : j0 + NV*L] for m < M (L: a vector's lanes);
-// rows of A, B and C are lda, ldb and ldc elements apart.
+// C[m, j0 : j0 + NV*L] += sum_k A[m, k] * B[k, j0 : j0 + NV*L] for m < M (L: a vector's lanes).
+// A[m, k] is at A + m*am + k*ak (so A may be read transposed), rows of B and C are ldb and ldc
+// elements apart.
 template <typename T, int VB, int NV>
-JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const T* A, int64_t lda, const T* B, int64_t ldb,
-                          T* C, int64_t ldc) {
+JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const T* A, int64_t am, int64_t ak, const T* B,
+                          int64_t ldb, T* C, int64_t ldc) {
   using V = typename Vec<T, VB>::type;
   constexpr int L = Vec<T, VB>::lanes;
   int64_t m = 0;
@@ -126,12 +127,12 @@ JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const T* A, int64_t 
     V acc[kRows][NV];
     for (int r = 0; r < kRows; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = load<V>(C + (m + r) * ldc + j0 + v * L);
-    const T* a = A + m * lda;
+    const T* a = A + m * am;
     for (int64_t k = 0; k < K; ++k) {
       V b[NV];
       for (int v = 0; v < NV; ++v) b[v] = load<V>(B + k * ldb + j0 + v * L);
       for (int r = 0; r < kRows; ++r) {
-        const T ar = a[r * lda + k];
+        const T ar = a[r * am + k * ak];
         for (int v = 0; v < NV; ++v) acc[r][v] += ar * b[v];
       }
     }
@@ -142,79 +143,30 @@ JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const T* A, int64_t 
     V acc[NV];
     for (int v = 0; v < NV; ++v) acc[v] = load<V>(C + m * ldc + j0 + v * L);
     for (int64_t k = 0; k < K; ++k) {
-      const T am = A[m * lda + k];
-      for (int v = 0; v < NV; ++v) acc[v] += am * load<V>(B + k * ldb + j0 + v * L);
+      const T a = A[m * am + k * ak];
+      for (int v = 0; v < NV; ++v) acc[v] += a * load<V>(B + k * ldb + j0 + v * L);
     }
     for (int v = 0; v < NV; ++v) store(C + m * ldc + j0 + v * L, acc[v]);
   }
 }
 
+// C (M x N) += A (M x K) . B (K x N), with A's strides as in gemm_strip.
 template <typename T, int VB>
-JD_INLINE void gemm(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* B, int64_t ldb, T* C,
-                    int64_t ldc) {
+JD_INLINE void gemm(int64_t M, int64_t K, int64_t N, const T* A, int64_t am, int64_t ak, const T* B, int64_t ldb,
+                    T* C, int64_t ldc) {
   constexpr int L = Vec<T, VB>::lanes;
   int64_t j = 0;
-  for (; j + 2 * L <= N; j += 2 * L) gemm_strip<T, VB, 2>(M, K, j, A, lda, B, ldb, C, ldc);
-  for (; j + L <= N; j += L) gemm_strip<T, VB, 1>(M, K, j, A, lda, B, ldb, C, ldc);
+  for (; j + 2 * L <= N; j += 2 * L) gemm_strip<T, VB, 2>(M, K, j, A, am, ak, B, ldb, C, ldc);
+  for (; j + L <= N; j += L) gemm_strip<T, VB, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
   if constexpr (VB > 16) {
     constexpr int L2 = Vec<T, VB / 2>::lanes;
-    for (; j + L2 <= N; j += L2) gemm_strip<T, VB / 2, 1>(M, K, j, A, lda, B, ldb, C, ldc);
+    for (; j + L2 <= N; j += L2) gemm_strip<T, VB / 2, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
   }
   for (; j < N; ++j)
     for (int64_t m = 0; m < M; ++m) {
       T acc = C[m * ldc + j];
-      for (int64_t k = 0; k < K; ++k) acc += A[m * lda + k] * B[k * ldb + j];
+      for (int64_t k = 0; k < K; ++k) acc += A[m * am + k * ak] * B[k * ldb + j];
       C[m * ldc + j] = acc;
-    }
-}
-
-// C[i, j0 : j0 + NV*L] += sum_m A[m, i] * B[m, j0 : j0 + NV*L] for i < K (C: K rows of N, contiguous).
-template <typename T, int VB, int NV>
-JD_INLINE void gemm_tn_strip(int64_t M, int64_t K, int64_t j0, int64_t N, const T* A, int64_t lda, const T* B,
-                             int64_t ldb, T* C) {
-  using V = typename Vec<T, VB>::type;
-  constexpr int L = Vec<T, VB>::lanes;
-  int64_t i = 0;
-  for (; i + kRows <= K; i += kRows) {
-    V acc[kRows][NV];
-    for (int r = 0; r < kRows; ++r)
-      for (int v = 0; v < NV; ++v) acc[r][v] = load<V>(C + (i + r) * N + j0 + v * L);
-    for (int64_t m = 0; m < M; ++m) {
-      V b[NV];
-      for (int v = 0; v < NV; ++v) b[v] = load<V>(B + m * ldb + j0 + v * L);
-      const T* a = A + m * lda + i;
-      for (int r = 0; r < kRows; ++r)
-        for (int v = 0; v < NV; ++v) acc[r][v] += a[r] * b[v];
-    }
-    for (int r = 0; r < kRows; ++r)
-      for (int v = 0; v < NV; ++v) store(C + (i + r) * N + j0 + v * L, acc[r][v]);
-  }
-  for (; i < K; ++i) {
-    V acc[NV];
-    for (int v = 0; v < NV; ++v) acc[v] = load<V>(C + i * N + j0 + v * L);
-    for (int64_t m = 0; m < M; ++m) {
-      const T am = A[m * lda + i];
-      for (int v = 0; v < NV; ++v) acc[v] += am * load<V>(B + m * ldb + j0 + v * L);
-    }
-    for (int v = 0; v < NV; ++v) store(C + i * N + j0 + v * L, acc[v]);
-  }
-}
-
-template <typename T, int VB>
-JD_INLINE void gemm_tn(int64_t M, int64_t K, int64_t N, const T* A, int64_t lda, const T* B, int64_t ldb, T* C) {
-  constexpr int L = Vec<T, VB>::lanes;
-  int64_t j = 0;
-  for (; j + 2 * L <= N; j += 2 * L) gemm_tn_strip<T, VB, 2>(M, K, j, N, A, lda, B, ldb, C);
-  for (; j + L <= N; j += L) gemm_tn_strip<T, VB, 1>(M, K, j, N, A, lda, B, ldb, C);
-  if constexpr (VB > 16) {
-    constexpr int L2 = Vec<T, VB / 2>::lanes;
-    for (; j + L2 <= N; j += L2) gemm_tn_strip<T, VB / 2, 1>(M, K, j, N, A, lda, B, ldb, C);
-  }
-  for (; j < N; ++j)
-    for (int64_t i = 0; i < K; ++i) {
-      T acc = C[i * N + j];
-      for (int64_t m = 0; m < M; ++m) acc += A[m * lda + i] * B[m * ldb + j];
-      C[i * N + j] = acc;
     }
 }
 
@@ -245,8 +197,8 @@ JD_INLINE void forward_rows(const Geometry& geo, const T* x, const T* wf, T* y, 
             T* out = yrow + (oh * OW + r.o0) * cout;
             for (int64_t g = 0; g < geo.g; ++g) {
               const T* w = wf + (((g * KD + qd) * KH + qh) * KW + qw) * geo.cgi * geo.cgo;
-              gemm<T, VB>(r.hi - r.lo, geo.cgi, geo.cgo, xrow + g * geo.cgi, cin, w, geo.cgo, out + g * geo.cgo,
-                      geo.s[2] * cout);
+              gemm<T, VB>(r.hi - r.lo, geo.cgi, geo.cgo, xrow + g * geo.cgi, cin, 1, w, geo.cgo, out + g * geo.cgo,
+                          geo.s[2] * cout);
             }
           }
         }
@@ -280,8 +232,8 @@ JD_INLINE void dx_rows(const Geometry& geo, const T* dy, const T* wt, T* dx, int
             T* out = xrow + (ph * W + r.lo) * cin;
             for (int64_t g = 0; g < geo.g; ++g) {
               const T* w = wt + (((g * KD + qd) * KH + qh) * KW + qw) * geo.cgo * geo.cgi;
-              gemm<T, VB>(r.hi - r.lo, geo.cgo, geo.cgi, dyrow + g * geo.cgo, geo.s[2] * cout, w, geo.cgi,
-                      out + g * geo.cgi, cin);
+              gemm<T, VB>(r.hi - r.lo, geo.cgo, geo.cgi, dyrow + g * geo.cgo, geo.s[2] * cout, 1, w, geo.cgi,
+                          out + g * geo.cgi, cin);
             }
           }
         }
@@ -312,7 +264,8 @@ JD_INLINE void dw_items(const Geometry& geo, const T* x, const T* dy, T* dw, int
           if (oh < 0 || oh >= OH) continue;
           const T* xrow = x + (((n * D + pd) * H + ph) * W + r.lo) * cin + g * geo.cgi;
           const T* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
-          gemm_tn<T, VB>(r.hi - r.lo, geo.cgi, geo.cgo, xrow, cin, dyrow, geo.s[2] * cout, out);
+          // dw[q] (Cg_in x Cg_out) += x_run^T . dy_run: x read transposed, positions as the sum
+          gemm<T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, xrow, 1, cin, dyrow, geo.s[2] * cout, out, geo.cgo);
         }
       }
     }
