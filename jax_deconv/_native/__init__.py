@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -36,13 +37,43 @@ from jax.interpreters import ad, batching, mlir
 
 from jax_deconv._plan import Plan, full_length
 
-try:
-    from jax_deconv._native import _kernels  # pyright: ignore[reportAttributeAccessIssue]
-except ImportError as error:  # built without a compiler, or for another platform
-    _kernels = None
-    UNAVAILABLE_BECAUSE = f"the compiled kernels did not load ({error})"
-else:
-    UNAVAILABLE_BECAUSE = ""
+
+def _load_kernels() -> tuple[Any, str]:
+    """The compiled module, or None and why not.
+
+    Beside this file when the package was installed (or built in place). Python started in a
+    source checkout imports the checkout's ``jax_deconv``, which holds no compiled file; the
+    one ``pip install .`` built from that checkout is then loaded from the installed
+    distribution.
+    """
+    try:
+        from jax_deconv._native import _kernels  # pyright: ignore[reportAttributeAccessIssue]
+
+        return _kernels, ""
+    except ImportError as error:
+        reason = f"the compiled kernels did not load ({error})"
+    try:
+        from importlib import machinery, metadata, util
+
+        files = [f for dist in metadata.distributions(name="jax_deconv") for f in dist.files or []]
+        found = [f for f in files if f.parent.name == "_native" and f.name.startswith("_kernels.")
+                 and any(f.name.endswith(suffix) for suffix in machinery.EXTENSION_SUFFIXES)
+                 and f.locate().exists()]
+        if found:
+            name = "jax_deconv._native._kernels"
+            spec = util.spec_from_file_location(name, str(found[0].locate()))
+            if spec is not None and spec.loader is not None:
+                module = util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                sys.modules[name] = module
+                return module, ""
+    except Exception as error:  # no installed distribution, or its file does not load
+        reason += f"; the installed one did not either ({error})"
+    return None, reason
+
+
+_kernels, UNAVAILABLE_BECAUSE = _load_kernels()
+if _kernels is not None:
     for _name, _capsule in _kernels.handlers().items():
         jax.ffi.register_ffi_target(f"jax_deconv_{_name}", _capsule, platform="cpu")
 
