@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -58,7 +59,7 @@ def _load_kernels() -> tuple[Any, str]:
         files = [f for dist in metadata.distributions(name="jax_deconv") for f in dist.files or []]
         found = [f for f in files if f.parent.name == "_native" and f.name.startswith("_kernels.")
                  and any(f.name.endswith(suffix) for suffix in machinery.EXTENSION_SUFFIXES)
-                 and f.locate().exists()]
+                 and os.path.exists(f.locate())]
         if found:
             name = "jax_deconv._native._kernels"
             spec = util.spec_from_file_location(name, str(found[0].locate()))
