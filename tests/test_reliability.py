@@ -42,11 +42,12 @@ EMPTY_CASES = {  # name: (x shape NCHW, kernel, arguments)
     "k3 s2 d2 (phases)": ((0, 4, 3, 3), 3, dict(strides=2, dilations=2)),
     "k3 s1 p1": ((0, 4, 5, 5), 3, dict(pads=1)),
 }
+EMPTY_RUNS = [(name, layout, algorithm) for i, name in enumerate(EMPTY_CASES) for layout in ("NCHW", "NHWC")
+              for algorithm in ("auto", *ALGORITHMS, "gemm-steps")
+              if algorithm in ("auto", "gemm", "gemm-steps", "phases") or i % 2 == (layout == "NHWC")]
 
 
-@pytest.mark.parametrize("algorithm", ["auto", *ALGORITHMS, "gemm-steps"])
-@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
-@pytest.mark.parametrize("name", EMPTY_CASES)
+@pytest.mark.parametrize("name,layout,algorithm", EMPTY_RUNS)
 def test_batch_0_gives_an_empty_output_and_zero_gradients(name, layout, algorithm):
     x_shape, k, args = EMPTY_CASES[name]
     w_shape = (4, 3, k, k) if layout == "NCHW" else (4, k, k, 3)
