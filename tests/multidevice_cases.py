@@ -274,3 +274,16 @@ def test_readme_halo_recipe_on_8_devices():
     assert_close(y, conv_transpose([np.asarray(x), w, b], kernel_shape=4, strides=2, pads=1))
     plain = jax.grad(lambda w: jnp.sum(conv_transpose([np.asarray(x), w, b], kernel_shape=4, strides=2, pads=1) ** 2))
     assert_close(ns["dw"], plain(w))  # the recipe's plain jax.grad, inside jax.set_mesh
+
+
+@pytest.mark.parametrize("algorithm", ALL_ALGORITHMS)
+def test_halo_forward_mode(algorithm):
+    """``jax.jvp`` through the halo exchange (forward mode inside shard_map) equals the unsharded JVP."""
+    mesh = jax.make_mesh((8,), ("z",))
+    x, w = random((1, 4, 16, 4, 4), 30), random((4, 2, 4, 4, 4), 31)
+    sharded, x_sharding = halo_layer(mesh, 5, A, 0, algorithm)
+    b = np.zeros(2)
+    xs = jax.device_put(x, x_sharding)
+    got = jax.jit(lambda x, w: jax.jvp(lambda x, w: sharded(x, w, b), (x, w), (x, w))[1])(xs, w)
+    want = jax.jvp(lambda x, w: conv_transpose([x, w], **A, algorithm=algorithm), (x, w), (x, w))[1]
+    assert_close(got, want, F64)
