@@ -65,7 +65,8 @@ def main(seed: int, count: int, algorithm: str) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4 or not sys.argv[1].isdigit() or not sys.argv[2].isdigit():
-        print("usage: python tests/sweep.py SEED COUNT ALGORITHM   (ALGORITHM: auto, conv, gemm, phases, taps or native)\n"
+        print("usage: python tests/sweep.py SEED COUNT ALGORITHM\n"
+              "       (ALGORITHM: auto, conv, gemm, phases, taps or native)\n"
               "e.g.:  python tests/sweep.py 0 500 gemm", file=sys.stderr)
         sys.exit(2)
     main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
