@@ -84,15 +84,20 @@ def definition_macs(plan: Plan) -> int:
     return batch * math.prod(plan.in_spatial) * math.prod(plan.kernel) * plan.in_channels * per_group
 
 
-def _most_phase_taps(plan: Plan) -> int:
-    """The most kernel taps one phase takes (the product over axes).
+def _most_phase_taps_per_axis(plan: Plan) -> list[int]:
+    """The most kernel taps one phase takes along each axis.
 
     Tap ``q`` lands in phase ``d*q mod s``; those residues repeat every ``s' = s / gcd(d, s)``
     taps, so a phase takes at most ``ceil(K / s')`` taps of an axis (as
     :func:`~jax_deconv._plan.phase_taps` lists them, without listing the phases).
     """
     cycles = (stride // math.gcd(dilation, stride) for stride, dilation in zip(plan.strides, plan.dilations))
-    return math.prod(-(-kernel // cycle) for kernel, cycle in zip(plan.kernel, cycles))
+    return [-(-kernel // cycle) for kernel, cycle in zip(plan.kernel, cycles)]
+
+
+def _most_phase_taps(plan: Plan) -> int:
+    """The most kernel taps one phase takes (the product over axes)."""
+    return math.prod(_most_phase_taps_per_axis(plan))
 
 
 def phases_count(plan: Plan) -> int:
@@ -144,9 +149,7 @@ def ops_emitted(plan: Plan, algorithm: str) -> int:
     if algorithm == "gemm":
         return sum(p.taps for p in plan.phases) + 1
     if algorithm == "phases":
-        cycles = (stride // math.gcd(dilation, stride) for stride, dilation in zip(plan.strides, plan.dilations))
-        per_phase = sum(-(-kernel // cycle) for kernel, cycle in zip(plan.kernel, cycles)) + 2
-        return phases_count(plan) * per_phase
+        return phases_count(plan) * (sum(_most_phase_taps_per_axis(plan)) + 2)
     return 4 * math.prod(plan.kernel)
 
 
