@@ -392,8 +392,8 @@ def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer
         x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
         y = _lower(x32, w32, None, plan, algorithm, precision, None, max_buffer_bytes)
         y = y.astype(preferred or x.dtype)
-    elif algorithm == "native":
-        dtype = jnp.promote_types(x.dtype, preferred) if preferred is not None else x.dtype
+    elif algorithm == "native":  # computes in preferred_element_type, never narrower (check_preferred)
+        dtype = preferred or x.dtype
         y = native.conv_transpose(x.astype(dtype), w.astype(dtype), plan)
     elif algorithm == "gemm":
         slab = gemm_slab(plan, jnp.dtype(x.dtype).itemsize, max_buffer_bytes)
