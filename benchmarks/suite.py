@@ -325,6 +325,19 @@ def _cpu_name() -> str:
         return platform.processor()
 
 
+def _isa() -> str:
+    """The processor's vector instruction sets that matter here: AVX-512 (and its BF16 dot
+    products), AMX, or AVX2+FMA."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = {flag for line in f if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
+    except OSError:
+        return platform.machine()
+    found = [name for flag, name in (("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"), ("amx_tile", "AMX"))
+             if flag in flags]
+    return ", ".join(found) if found else ("AVX2+FMA" if {"avx2", "fma"} <= flags else "no AVX2")
+
+
 def _device_name() -> str:
     d = jax.devices()[0]
     return getattr(d, "device_kind", str(d))
@@ -338,7 +351,8 @@ def run(configs, dtypes, modes, algorithms, budget_s, out_path, slow_limit_s, ba
     device = _device_name()
     env = dict(device=device, backend=jax.default_backend(), jax=jax.__version__,
                torch=None if torch is None else torch.__version__, jax_deconv=jax_deconv.__version__,
-               date=datetime.date.today().isoformat(), machine=platform.machine(), cpu=_cpu_name(),
+               date=datetime.date.today().isoformat(), machine=platform.machine(), cpu=_cpu_name(), isa=_isa(),
+               native=jax_deconv.native_kernels(),
                cpus=os.cpu_count(), threads=threads or len(os.sched_getaffinity(0)))
     print(f"# {env}", flush=True)
     rows = []

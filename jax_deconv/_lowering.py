@@ -386,15 +386,17 @@ def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
 def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes) -> jax.Array:
     if plan.is_zero:  # every kept position is past the end of the full output (or C_in == 0, or batch 0)
         y = jnp.zeros(plan.out_shape, preferred or x.dtype)
+    elif algorithm == "native" and (preferred or x.dtype) in native.DTYPES:
+        # computes in preferred_element_type, never narrower (check_preferred); bfloat16 is
+        # multiplied and accumulated in float32 inside the kernels and rounded once
+        dtype = preferred or x.dtype
+        y = native.conv_transpose(x.astype(dtype), w.astype(dtype), plan)
     elif algorithm != "conv" and jnp.dtype(x.dtype).itemsize < 4:
         # 16-bit inputs: the dots multiply and accumulate in float32 (XLA:CPU's 16-bit dots are
         # 2x slower, and 'taps' would add its taps' products in 16 bits); rounded once
         x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
         y = _lower(x32, w32, None, plan, algorithm, precision, None, max_buffer_bytes)
         y = y.astype(preferred or x.dtype)
-    elif algorithm == "native":  # computes in preferred_element_type, never narrower (check_preferred)
-        dtype = preferred or x.dtype
-        y = native.conv_transpose(x.astype(dtype), w.astype(dtype), plan)
     elif algorithm == "gemm":
         slab = gemm_slab(plan, jnp.dtype(x.dtype).itemsize, max_buffer_bytes)
         y = _lower_gemm(x, w, plan, precision, preferred, slab or 0)

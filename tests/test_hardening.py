@@ -99,19 +99,23 @@ def test_auto_never_builds_buffers_out_of_proportion(x_shape, w_shape, kwargs, c
 INF_X = np.array([[[np.inf, 1.0]]], np.float32)
 
 
-@pytest.mark.parametrize("algorithm", ["phases", "taps"])
-def test_exact_lowerings_propagate_non_finite_values_as_the_definition(algorithm):
+EXACT = [("phases", "float32"), ("taps", "float32"), *([("native", "float32"), ("native", "bfloat16")] * NATIVE)]
+
+
+@pytest.mark.parametrize(("algorithm", "dtype"), EXACT)
+def test_exact_lowerings_propagate_non_finite_values_as_the_definition(algorithm, dtype):
     """x = [inf, 1], w = ones(3), stride 2: y[3] = x[1]*w[1] = 1 (inf never meets a kernel zero)."""
     want = [np.inf, np.inf, np.inf, 1.0, 1.0]
     with np.errstate(invalid="ignore"):
         assert reference(INF_X, np.ones((1, 1, 3)), kernel_shape=3, strides=2).ravel().tolist() == want
-    y = conv1d_transpose([INF_X, jnp.ones((1, 1, 3))], kernel_shape=3, strides=2, algorithm=algorithm)
-    assert y.ravel().tolist() == want
+    x, w = jnp.asarray(INF_X, dtype), jnp.ones((1, 1, 3), dtype)
+    y = conv1d_transpose([x, w], kernel_shape=3, strides=2, algorithm=algorithm)
+    assert np.asarray(y, np.float32).ravel().tolist() == want
 
 
 @pytest.mark.parametrize("algorithm", ["conv", "gemm"])
 def test_phase_form_non_finite_difference_is_as_documented(algorithm):
-    """Documented (README, "Non-finite inputs"): the phase lowerings multiply padding taps of the
+    """Documented (docs/limits.md, "Non-finite inputs"): the phase lowerings multiply padding taps of the
     phase kernel, so an inf meets a 0 and gives NaN where the definition has a finite value;
     finite positions are unaffected and every inf of the definition stays inf or becomes NaN."""
     y = np.asarray(conv1d_transpose([INF_X, jnp.ones((1, 1, 3))], kernel_shape=3, strides=2, algorithm=algorithm))

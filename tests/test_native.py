@@ -43,7 +43,9 @@ def test_the_best_instruction_set_of_this_processor_is_chosen():
     flags = _cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo")
-    if {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
+    if {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512_bf16"} <= flags:
+        assert native_kernels() == "avx512bf16"
+    elif {"avx512f", "avx512vl", "avx512bw", "avx512dq"} <= flags:
         assert native_kernels() == "avx512f"
     elif {"avx2", "fma"} <= flags:
         assert native_kernels() == "avx2+fma"
@@ -51,24 +53,57 @@ def test_the_best_instruction_set_of_this_processor_is_chosen():
         assert native_kernels() in ("x86-64 baseline", "portable C++")
 
 
+def _sweep(env: dict, *args: str) -> None:
+    out = subprocess.run([sys.executable, os.path.join(HERE, "sweep.py"), *args], capture_output=True, text=True,
+                         timeout=600, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == f"SWEEP {args[1]} 0", out.stdout[-3000:]
+
+
 @needs_kernels
-@pytest.mark.parametrize("isa", ["avx2+fma", "baseline"])
+@pytest.mark.parametrize("isa", ["avx512f", "avx2+fma", "baseline"])
 def test_every_instruction_set_variant_matches_the_reference(isa):
-    """The lower variants, forced by JAX_DECONV_ISA, through the randomised sweep (forward,
-    VJP and JVP against the NumPy reference, float64) in a subprocess."""
+    """The lower variants, forced by JAX_DECONV_ISA, through the randomised sweeps in a
+    subprocess: float64 (forward, VJP and JVP against the NumPy reference) and bfloat16
+    (forward and both gradients, element by element, with up to 40 channels per group)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the instruction-set variants are x86-64's")
-    if isa == "avx2+fma" and not {"avx2", "fma"} <= _cpu_flags():
+    flags = _cpu_flags()
+    if isa == "avx512f" and not {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512_bf16"} <= flags:
+        pytest.skip("'avx512f' is the default here, or this processor has no AVX-512")
+    if isa == "avx2+fma" and not {"avx2", "fma"} <= flags:
         pytest.skip("this processor has no AVX2/FMA")
     env = dict(os.environ, JAX_DECONV_ISA=isa)
-    expected = {"avx2+fma": "avx2+fma", "baseline": "x86-64 baseline"}[isa]
+    expected = {"avx512f": "avx512f", "avx2+fma": "avx2+fma", "baseline": "x86-64 baseline"}[isa]
     code = f"import jax_deconv; assert jax_deconv.native_kernels() == {expected!r}, jax_deconv.native_kernels()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    out = subprocess.run([sys.executable, os.path.join(HERE, "sweep.py"), "41", "12", "native"],
-                         capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert out.stdout.strip().splitlines()[-1] == "SWEEP 12 0", out.stdout[-3000:]
+    _sweep(env, "41", "12", "native")
+    _sweep(env, "43", "16", "native", "bfloat16")
+
+
+@needs_kernels
+def test_bfloat16_sweep_at_this_processors_instruction_set():
+    """bfloat16 through the kernels this processor runs (``vdpbf16ps`` where it has
+    AVX512-BF16): forward, input and weight gradients element by element against the reference."""
+    _sweep(dict(os.environ), "47", "40", "native", "bfloat16")
+
+
+def test_reference_vjp_is_the_adjoint_of_the_reference():
+    """The oracle of the bfloat16 sweep: <gy, ref(u, w)> == <dx, u> and <gy, ref(x, v)> == <dw, v>."""
+    from reference import reference_vjp
+    from support import random_config
+
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        cfg, x_shape, w_shape, _ = random_config(rng)
+        x, u = rng.standard_normal(x_shape), rng.standard_normal(x_shape)
+        w, v = rng.standard_normal(w_shape), rng.standard_normal(w_shape)
+        gy = rng.standard_normal(reference(x, w, **cfg).shape)
+        dx, dw = reference_vjp(x, w, gy, **cfg)
+        assert dx.shape == x.shape and dw.shape == w.shape
+        np.testing.assert_allclose(np.vdot(gy, reference(u, w, **cfg)), np.vdot(dx, u), rtol=1e-10, atol=1e-10)
+        np.testing.assert_allclose(np.vdot(gy, reference(x, v, **cfg)), np.vdot(dw, v), rtol=1e-10, atol=1e-10)
 
 
 ARGS = dict(kernel_shape=3, strides=2, pads=1, group=2)

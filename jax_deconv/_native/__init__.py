@@ -84,15 +84,19 @@ AVAILABLE = _kernels is not None
 MAX_NDIM = 3
 """The kernels take 1 to 3 spatial axes; calls with more keep the XLA lowerings."""
 
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64), np.dtype(jnp.bfloat16))
+"""The dtypes the kernels compute in (bfloat16 accumulated in float32 and rounded once)."""
+
 
 def native_kernels() -> str | None:
     """Whether jax_deconv's native CPU kernels are built, and the instruction set they run on
-    this processor: ``'avx512f'``, ``'avx2+fma'``, ``'x86-64 baseline'`` or ``'portable C++'``;
-    None when they are not (no C++ compiler at install time: the XLA lowerings run instead).
+    this processor: ``'avx512bf16'`` (AVX-512 with its bfloat16 dot products), ``'avx512f'``,
+    ``'avx2+fma'``, ``'x86-64 baseline'`` or ``'portable C++'``; None when they are not (no C++
+    compiler at install time: the XLA lowerings run instead).
 
     Examples:
       >>> from jax_deconv import native_kernels
-      >>> native_kernels() in (None, "avx512f", "avx2+fma", "x86-64 baseline", "portable C++")
+      >>> native_kernels() in (None, "avx512bf16", "avx512f", "avx2+fma", "x86-64 baseline", "portable C++")
       True
     """
     return _kernels.isa() if _kernels is not None else None
@@ -283,7 +287,7 @@ def _lowering(prim: Primitive, native: bool):
     def rule(ctx, a, b, *, geometry: Geometry):
         for_export = getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
         dtype = ctx.avals_in[0].dtype
-        if native and AVAILABLE and not for_export and dtype in (np.float32, np.float64) and _nonempty(geometry):
+        if native and AVAILABLE and not for_export and dtype in DTYPES and _nonempty(geometry):
             fn = _ffi_map(prim, geometry)
         else:
             fn = _xla_map(prim, geometry, "cpu" if native else "gpu")
@@ -308,8 +312,8 @@ for _prim in _RESULT:
 def conv_transpose(x: jax.Array, w: jax.Array, plan: Plan) -> jax.Array:
     """``plan``'s transposed convolution (no bias) through the native primitives.
 
-    ``x`` and ``w`` in the plan's layout and a dtype the kernels take (float32 or float64;
-    the caller handles 16-bit inputs); at most :data:`MAX_NDIM` spatial axes.
+    ``x`` and ``w`` in the plan's layout and one of :data:`DTYPES` (the caller widens float16);
+    at most :data:`MAX_NDIM` spatial axes.
     """
     geometry = Geometry.of(plan)
     g = plan.group
@@ -325,7 +329,7 @@ def conv_transpose(x: jax.Array, w: jax.Array, plan: Plan) -> jax.Array:
 
 
 def unsupported(plan: Plan, dtype: Any) -> str | None:
-    """Why the kernels cannot run ``plan`` with inputs of ``dtype`` (16-bit inputs are widened
+    """Why the kernels cannot run ``plan`` with inputs of ``dtype`` (float16 inputs are widened
     to float32 first), or None."""
     if not AVAILABLE:
         return UNAVAILABLE_BECAUSE

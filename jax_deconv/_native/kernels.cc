@@ -24,8 +24,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <string>
 #include <thread>
+#include <type_traits>
+#include <vector>
 
 #include <Python.h>
 
@@ -37,6 +40,7 @@ namespace {
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define JD_X86 1
+#include <immintrin.h>
 #endif
 #define JD_INLINE inline __attribute__((always_inline))
 
@@ -91,6 +95,29 @@ JD_INLINE int64_t source_of(int64_t o, int64_t size, int64_t s, int64_t dq, int6
   return t < size ? t : -1;
 }
 
+// bfloat16 as stored: the high half of a float32. Inputs widen exactly; results are rounded to
+// nearest-even once, from the float32 accumulator.
+struct bf16 {
+  uint16_t bits;
+};
+
+JD_INLINE float widen(bf16 v) {
+  const uint32_t u = uint32_t(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+JD_INLINE float widen(float v) { return v; }
+JD_INLINE double widen(double v) { return v; }
+
+JD_INLINE bf16 to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{uint16_t((u >> 16) | 0x40u)};  // NaN stays (quiet) NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return bf16{uint16_t(u >> 16)};
+}
+
 // Vectors of VB bytes (GCC's vector extensions), VB being the processor's register width in
 // each variant: 64 with AVX-512, 32 with AVX2, 16 on the baseline. (Wider vectors than the
 // registers compile to spills.)
@@ -112,13 +139,26 @@ JD_INLINE void store(void* p, V v) {
   std::memcpy(p, &v, sizeof(V));
 }
 
+// A vector of V's lanes read from p, widened from bfloat16 when S is.
+template <typename V, typename S>
+JD_INLINE V load_as(const S* p) {
+  if constexpr (std::is_same_v<S, bf16>) {
+    typedef uint16_t Half __attribute__((vector_size(sizeof(V) / 2)));
+    typedef uint32_t Word __attribute__((vector_size(sizeof(V))));
+    const Word w = __builtin_convertvector(load<Half>(p), Word) << 16;
+    return (V)w;
+  } else {
+    return load<V>(p);
+  }
+}
+
 constexpr int kRows = 6;  // rows of C per register tile: 6 x 2 vectors = 12 accumulators
 
 // C[m, j0 : j0 + NV*L] += sum_k A[m, k] * B[k, j0 : j0 + NV*L] for m < M (L: a vector's lanes).
 // A[m, k] is at A + m*am + k*ak (so A may be read transposed), rows of B and C are ldb and ldc
-// elements apart.
-template <typename T, int VB, int NV>
-JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const T* A, int64_t am, int64_t ak, const T* B,
+// elements apart. A and B may be bfloat16 (widened as read); C is the accumulator's type T.
+template <typename TA, typename TB, typename T, int VB, int NV>
+JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const TA* A, int64_t am, int64_t ak, const TB* B,
                           int64_t ldb, T* C, int64_t ldc) {
   using V = typename Vec<T, VB>::type;
   constexpr int L = Vec<T, VB>::lanes;
@@ -127,12 +167,12 @@ JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const T* A, int64_t 
     V acc[kRows][NV];
     for (int r = 0; r < kRows; ++r)
       for (int v = 0; v < NV; ++v) acc[r][v] = load<V>(C + (m + r) * ldc + j0 + v * L);
-    const T* a = A + m * am;
+    const TA* a = A + m * am;
     for (int64_t k = 0; k < K; ++k) {
       V b[NV];
-      for (int v = 0; v < NV; ++v) b[v] = load<V>(B + k * ldb + j0 + v * L);
+      for (int v = 0; v < NV; ++v) b[v] = load_as<V>(B + k * ldb + j0 + v * L);
       for (int r = 0; r < kRows; ++r) {
-        const T ar = a[r * am + k * ak];
+        const T ar = widen(a[r * am + k * ak]);
         for (int v = 0; v < NV; ++v) acc[r][v] += ar * b[v];
       }
     }
@@ -143,46 +183,160 @@ JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const T* A, int64_t 
     V acc[NV];
     for (int v = 0; v < NV; ++v) acc[v] = load<V>(C + m * ldc + j0 + v * L);
     for (int64_t k = 0; k < K; ++k) {
-      const T a = A[m * am + k * ak];
-      for (int v = 0; v < NV; ++v) acc[v] += a * load<V>(B + k * ldb + j0 + v * L);
+      const T a = widen(A[m * am + k * ak]);
+      for (int v = 0; v < NV; ++v) acc[v] += a * load_as<V>(B + k * ldb + j0 + v * L);
     }
     for (int v = 0; v < NV; ++v) store(C + m * ldc + j0 + v * L, acc[v]);
   }
 }
 
 // C (M x N) += A (M x K) . B (K x N), with A's strides as in gemm_strip.
-template <typename T, int VB>
-JD_INLINE void gemm(int64_t M, int64_t K, int64_t N, const T* A, int64_t am, int64_t ak, const T* B, int64_t ldb,
+template <typename TA, typename TB, typename T, int VB>
+JD_INLINE void gemm(int64_t M, int64_t K, int64_t N, const TA* A, int64_t am, int64_t ak, const TB* B, int64_t ldb,
                     T* C, int64_t ldc) {
   constexpr int L = Vec<T, VB>::lanes;
   int64_t j = 0;
-  for (; j + 2 * L <= N; j += 2 * L) gemm_strip<T, VB, 2>(M, K, j, A, am, ak, B, ldb, C, ldc);
-  for (; j + L <= N; j += L) gemm_strip<T, VB, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
+  for (; j + 2 * L <= N; j += 2 * L) gemm_strip<TA, TB, T, VB, 2>(M, K, j, A, am, ak, B, ldb, C, ldc);
+  for (; j + L <= N; j += L) gemm_strip<TA, TB, T, VB, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
   if constexpr (VB > 16) {
     constexpr int L2 = Vec<T, VB / 2>::lanes;
-    for (; j + L2 <= N; j += L2) gemm_strip<T, VB / 2, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
+    for (; j + L2 <= N; j += L2) gemm_strip<TA, TB, T, VB / 2, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
   }
   for (; j < N; ++j)
     for (int64_t m = 0; m < M; ++m) {
       T acc = C[m * ldc + j];
-      for (int64_t k = 0; k < K; ++k) acc += A[m * am + k * ak] * B[k * ldb + j];
+      for (int64_t k = 0; k < K; ++k) acc += widen(A[m * am + k * ak]) * widen(B[k * ldb + j]);
       C[m * ldc + j] = acc;
     }
 }
 
+// The weight operand of the forward and the input gradient, as `Gemm::run` reads it: one block
+// of `block` elements per (group, tap), holding that tap's K x N matrix (K: the channels summed).
+template <typename TA, typename TB, typename T, int VB>
+struct Fma {  // plain rows of N (float32/float64, or bfloat16 widened to float32 once per call)
+  using A = TA;
+  using B = TB;
+  using Acc = T;
+  static JD_INLINE void run(int64_t M, int64_t K, int64_t N, const TA* a, int64_t am, const TB* b, T* c,
+                            int64_t ldc) {
+    gemm<TA, TB, T, VB>(M, K, N, a, am, 1, b, N, c, ldc);
+  }
+};
+
+#if defined(JD_X86) && (defined(__clang__) || __GNUC__ >= 10)
+#define JD_DPBF16 1
+#define JD_TARGET_BF16 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx512bf16,avx2,fma")))
+
+// AVX512-BF16: vdpbf16ps adds the products of a pair of bfloat16 (k, k+1) into float32 lanes,
+// twice the multiply-adds of float32 per instruction. B is packed per tap as pairs:
+// Bp[k2 * n32 + j] = (B[2 k2, j], B[2 k2 + 1, j]) (zero past K), n32 = N rounded up to 32.
+template <int R, int NV>
+JD_TARGET_BF16 inline void dp_tile(int64_t K, const bf16* A, int64_t am, int64_t ak2, const uint32_t* B, int64_t n32,
+                                   float* C, int64_t ldc, __mmask16 m0, __mmask16 m1) {
+  __m512 acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    acc[r][0] = _mm512_maskz_loadu_ps(m0, C + r * ldc);
+    if (NV > 1) acc[r][NV - 1] = _mm512_maskz_loadu_ps(m1, C + r * ldc + 16);
+  }
+  const int64_t K2 = K / 2;
+  for (int64_t k2 = 0; k2 < K2; ++k2) {
+    __m512bh b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + k2 * n32 + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      uint32_t pair;
+      std::memcpy(&pair, A + r * am + k2 * ak2, 4);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(pair));
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+    }
+  }
+  if (K & 1) {  // the last channel alone: its pair's second half is zero in A and in B
+    __m512bh b[NV];
+    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + K2 * n32 + 16 * v);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(A[r * am + K2 * ak2].bits));
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    _mm512_mask_storeu_ps(C + r * ldc, m0, acc[r][0]);
+    if (NV > 1) _mm512_mask_storeu_ps(C + r * ldc + 16, m1, acc[r][NV - 1]);
+  }
+}
+
+template <int NV>
+JD_TARGET_BF16 inline void dp_rows(int64_t M, int64_t K, const bf16* A, int64_t am, int64_t ak2, const uint32_t* B,
+                                   int64_t n32, float* C, int64_t ldc, __mmask16 m0, __mmask16 m1) {
+  int64_t m = 0;
+  for (; m + 8 <= M; m += 8) dp_tile<8, NV>(K, A + m * am, am, ak2, B, n32, C + m * ldc, ldc, m0, m1);
+  for (; m + 4 <= M; m += 4) dp_tile<4, NV>(K, A + m * am, am, ak2, B, n32, C + m * ldc, ldc, m0, m1);
+  for (; m < M; ++m) dp_tile<1, NV>(K, A + m * am, am, ak2, B, n32, C + m * ldc, ldc, m0, m1);
+}
+
+// C (M x N, float32) += A (M x K, bfloat16) . B (packed). A's pair (k, k+1) of row m is adjacent,
+// at A + m*am + (k/2)*ak2 (bfloat16 units); with K odd the last k is read alone.
+JD_TARGET_BF16 void gemm_dp(int64_t M, int64_t K, int64_t N, const bf16* A, int64_t am, int64_t ak2, const uint32_t* B,
+                            float* C, int64_t ldc) {
+  const int64_t n32 = (N + 31) / 32 * 32;
+  for (int64_t j = 0; j < N; j += 32) {
+    const int64_t left = N - j;
+    const __mmask16 m0 = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+    if (left > 16) {
+      const __mmask16 m1 = left >= 32 ? __mmask16(0xffff) : __mmask16((1u << (left - 16)) - 1);
+      dp_rows<2>(M, K, A, am, ak2, B + j, n32, C + j, ldc, m0, m1);
+    } else {
+      dp_rows<1>(M, K, A, am, ak2, B + j, n32, C + j, ldc, m0, 0);
+    }
+  }
+}
+
+struct Dp {
+  using A = bf16;
+  using B = uint32_t;
+  using Acc = float;
+  static JD_INLINE void run(int64_t M, int64_t K, int64_t N, const bf16* a, int64_t am, const uint32_t* b, float* c,
+                            int64_t ldc) {
+    gemm_dp(M, K, N, a, am, 2, b, c, ldc);
+  }
+};
+#endif
+
+// The f32 accumulator of a row that is stored in a narrower type: its own buffer, rounded into
+// the output at the end; when the output is the accumulator's type, the output itself.
+template <typename TX, typename T>
+struct RowAccumulator {
+  std::unique_ptr<T[]> buffer;
+  explicit RowAccumulator(int64_t size) {
+    if constexpr (!std::is_same_v<TX, T>) buffer.reset(new T[size]);
+  }
+  T* begin(TX* row, int64_t size) {
+    T* acc;
+    if constexpr (std::is_same_v<TX, T>) acc = row;
+    else acc = buffer.get();
+    std::memset(static_cast<void*>(acc), 0, sizeof(T) * size);
+    return acc;
+  }
+  void finish(TX* row, int64_t size) {
+    if constexpr (!std::is_same_v<TX, T>)
+      for (int64_t i = 0; i < size; ++i) row[i] = to_bf16(buffer[i]);
+  }
+};
+
 // ---------------------------------------------------------------------------- the three maps
 
-// Forward, output rows (n, od) for item = n * OD + od.
-template <typename T, int VB>
-JD_INLINE void forward_rows(const Geometry& geo, const T* x, const T* wf, T* y, int64_t begin, int64_t end) {
+// Forward, output rows (n, od) for item = n * OD + od; wf holds a block per (group, tap).
+template <typename Gemm, typename TX>
+JD_INLINE void forward_rows(const Geometry& geo, const TX* x, const typename Gemm::B* wf, int64_t block, TX* y,
+                            int64_t begin, int64_t end) {
   const int64_t cin = geo.cin(), cout = geo.cout();
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
   const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
+  const int64_t row = OH * OW * cout;
+  RowAccumulator<TX, typename Gemm::Acc> rows(row);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / OD, od = item % OD;
-    T* yrow = y + item * OH * OW * cout;
-    std::memset(static_cast<void*>(yrow), 0, sizeof(T) * OH * OW * cout);
+    TX* yrow = y + item * row;
+    auto* acc = rows.begin(yrow, row);
     for (int64_t qd = 0; qd < KD; ++qd) {
       const int64_t pd = source_of(od, D, geo.s[0], geo.d[0] * qd, geo.pb[0]);
       if (pd < 0) continue;
@@ -193,31 +347,36 @@ JD_INLINE void forward_rows(const Geometry& geo, const T* x, const T* wf, T* y, 
           for (int64_t qw = 0; qw < KW; ++qw) {
             const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
             if (r.lo >= r.hi) continue;
-            const T* xrow = x + (((n * D + pd) * H + ph) * W + r.lo) * cin;
-            T* out = yrow + (oh * OW + r.o0) * cout;
+            const TX* xrow = x + (((n * D + pd) * H + ph) * W + r.lo) * cin;
+            auto* out = acc + (oh * OW + r.o0) * cout;
             for (int64_t g = 0; g < geo.g; ++g) {
-              const T* w = wf + (((g * KD + qd) * KH + qh) * KW + qw) * geo.cgi * geo.cgo;
-              gemm<T, VB>(r.hi - r.lo, geo.cgi, geo.cgo, xrow + g * geo.cgi, cin, 1, w, geo.cgo, out + g * geo.cgo,
-                          geo.s[2] * cout);
+              const auto* w = wf + (((g * KD + qd) * KH + qh) * KW + qw) * block;
+              Gemm::run(r.hi - r.lo, geo.cgi, geo.cgo, xrow + g * geo.cgi, cin, w, out + g * geo.cgo,
+                        geo.s[2] * cout);
             }
           }
         }
       }
     }
+    rows.finish(yrow, row);
   }
 }
 
-// Input gradient, rows (n, pd) for item = n * D + pd.
-template <typename T, int VB>
-JD_INLINE void dx_rows(const Geometry& geo, const T* dy, const T* wt, T* dx, int64_t begin, int64_t end) {
+// Input gradient, rows (n, pd) for item = n * D + pd; wt holds a block per (group, tap) of the
+// transposed weight (Cg_out x Cg_in).
+template <typename Gemm, typename TX>
+JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B* wt, int64_t block, TX* dx,
+                       int64_t begin, int64_t end) {
   const int64_t cin = geo.cin(), cout = geo.cout();
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
   const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
+  const int64_t row = H * W * cin;
+  RowAccumulator<TX, typename Gemm::Acc> rows(row);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / D, pd = item % D;
-    T* xrow = dx + item * H * W * cin;
-    std::memset(static_cast<void*>(xrow), 0, sizeof(T) * H * W * cin);
+    TX* xrow = dx + item * row;
+    auto* acc = rows.begin(xrow, row);
     for (int64_t qd = 0; qd < KD; ++qd) {
       const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
       if (od < 0 || od >= OD) continue;
@@ -228,89 +387,196 @@ JD_INLINE void dx_rows(const Geometry& geo, const T* dy, const T* wt, T* dx, int
           for (int64_t qw = 0; qw < KW; ++qw) {
             const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
             if (r.lo >= r.hi) continue;
-            const T* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout;
-            T* out = xrow + (ph * W + r.lo) * cin;
+            const TX* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout;
+            auto* out = acc + (ph * W + r.lo) * cin;
             for (int64_t g = 0; g < geo.g; ++g) {
-              const T* w = wt + (((g * KD + qd) * KH + qh) * KW + qw) * geo.cgo * geo.cgi;
-              gemm<T, VB>(r.hi - r.lo, geo.cgo, geo.cgi, dyrow + g * geo.cgo, geo.s[2] * cout, 1, w, geo.cgi,
-                          out + g * geo.cgi, cin);
+              const auto* w = wt + (((g * KD + qd) * KH + qh) * KW + qw) * block;
+              Gemm::run(r.hi - r.lo, geo.cgo, geo.cgi, dyrow + g * geo.cgo, geo.s[2] * cout, w, out + g * geo.cgi,
+                        cin);
             }
           }
         }
       }
     }
+    rows.finish(xrow, row);
   }
 }
 
-// Weight gradient, items (g, qd, qh, qw) in that order.
-template <typename T, int VB>
-JD_INLINE void dw_items(const Geometry& geo, const T* x, const T* dy, T* dw, int64_t begin, int64_t end) {
+// Weight gradient, items (g, qd, qh, qw) in that order; T accumulates. The rows of x (and of
+// dy) are the outer loop, so each is read once per chunk of items while it is in cache (a
+// loop over items outside would stream all of x and dy once per tap).
+template <typename TX, typename T, int VB>
+JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, int64_t begin, int64_t end) {
   const int64_t cin = geo.cin(), cout = geo.cout();
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
   const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD, g = item / (KW * KH * KD);
-    T* out = dw + item * geo.cgi * geo.cgo;
-    std::memset(static_cast<void*>(out), 0, sizeof(T) * geo.cgi * geo.cgo);
-    const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
-    if (r.lo >= r.hi) continue;
-    for (int64_t n = 0; n < geo.n; ++n) {
-      for (int64_t pd = 0; pd < D; ++pd) {
-        const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
-        if (od < 0 || od >= OD) continue;
-        for (int64_t ph = 0; ph < H; ++ph) {
+  const int64_t size = geo.cgi * geo.cgo;
+  RowAccumulator<TX, T> blocks((end - begin) * size);
+  T* acc = blocks.begin(dw + begin * size, (end - begin) * size);
+  constexpr bool narrow = !std::is_same_v<TX, T>;
+  std::unique_ptr<T[]> wide(narrow ? new T[W * cin] : nullptr);  // a row of x, widened once
+  for (int64_t n = 0; n < geo.n; ++n) {
+    for (int64_t pd = 0; pd < D; ++pd) {
+      for (int64_t ph = 0; ph < H; ++ph) {
+        const TX* xrow = x + ((n * D + pd) * H + ph) * W * cin;
+        bool widened = false;
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD;
+          const int64_t g = item / (KW * KH * KD);
+          const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
           const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
-          if (oh < 0 || oh >= OH) continue;
-          const T* xrow = x + (((n * D + pd) * H + ph) * W + r.lo) * cin + g * geo.cgi;
-          const T* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
+          if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
+          const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
+          if (r.lo >= r.hi) continue;
+          const TX* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
+          T* out = acc + (item - begin) * size;
           // dw[q] (Cg_in x Cg_out) += x_run^T . dy_run: x read transposed, positions as the sum
-          gemm<T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, xrow, 1, cin, dyrow, geo.s[2] * cout, out, geo.cgo);
+          if constexpr (!narrow) {
+            gemm<TX, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, xrow + r.lo * cin + g * geo.cgi, 1, cin, dyrow,
+                                geo.s[2] * cout, out, geo.cgo);
+          } else {  // x's elements are read one at a time: widened first
+            if (!widened)
+              for (int64_t i = 0; i < W * cin; ++i) wide[i] = widen(xrow[i]);
+            widened = true;
+            gemm<T, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, wide.get() + r.lo * cin + g * geo.cgi, 1, cin, dyrow,
+                               geo.s[2] * cout, out, geo.cgo);
+          }
         }
       }
     }
   }
+  blocks.finish(dw + begin * size, (end - begin) * size);
+}
+
+#ifdef JD_DPBF16
+// The bfloat16 weight gradient with vdpbf16ps. Its sum runs over positions, so both operands are
+// packed as pairs of consecutive positions: each row of x once (pairs starting at even and at
+// odd positions: a run starts at either), each run of dy per tap. Rows outer, as in dw_items.
+template <int VB>
+JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, int64_t begin,
+                                int64_t end) {
+  const int64_t cin = geo.cin(), cout = geo.cout();
+  const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
+  const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
+  const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
+  const int64_t size = geo.cgi * geo.cgo, w2 = W / 2 + 1, n32 = (geo.cgo + 31) / 32 * 32;
+  RowAccumulator<bf16, float> blocks((end - begin) * size);
+  float* acc = blocks.begin(dw + begin * size, (end - begin) * size);
+  // xp[parity][k2 * cin + c] = (x[parity + 2 k2, c], x[parity + 2 k2 + 1, c]), zero past W
+  std::unique_ptr<uint32_t[]> xp(new uint32_t[2 * w2 * cin]);
+  std::unique_ptr<uint32_t[]> dyp(new uint32_t[w2 * n32]());
+  for (int64_t n = 0; n < geo.n; ++n) {
+    for (int64_t pd = 0; pd < D; ++pd) {
+      for (int64_t ph = 0; ph < H; ++ph) {
+        const bf16* xrow = x + ((n * D + pd) * H + ph) * W * cin;
+        bool packed = false;
+        for (int64_t item = begin; item < end; ++item) {
+          const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD;
+          const int64_t g = item / (KW * KH * KD);
+          const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
+          const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
+          if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
+          const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
+          if (r.lo >= r.hi) continue;
+          if (!packed) {
+            for (int64_t parity = 0; parity < 2; ++parity)
+              for (int64_t k2 = 0; k2 < w2; ++k2) {
+                const int64_t p = parity + 2 * k2;
+                uint32_t* to = xp.get() + (parity * w2 + k2) * cin;
+                for (int64_t c = 0; c < cin; ++c)
+                  to[c] = (p < W ? uint32_t(xrow[p * cin + c].bits) : 0u) |
+                          (p + 1 < W ? uint32_t(xrow[(p + 1) * cin + c].bits) << 16 : 0u);
+              }
+            packed = true;
+          }
+          const int64_t len = r.hi - r.lo, step = geo.s[2] * cout;
+          const bf16* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
+          for (int64_t k2 = 0; 2 * k2 < len; ++k2) {
+            const bf16* even = dyrow + 2 * k2 * step;
+            uint32_t* to = dyp.get() + k2 * n32;
+            if (2 * k2 + 1 < len)
+              for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits) | uint32_t(even[step + j].bits) << 16;
+            else
+              for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits);
+          }
+          const uint32_t* a = xp.get() + ((r.lo & 1) * w2 + r.lo / 2) * cin + g * geo.cgi;
+          gemm_dp(geo.cgi, len, geo.cgo, reinterpret_cast<const bf16*>(a), 2, 2 * cin, dyp.get(), acc + (item - begin) * size,
+                  geo.cgo);
+        }
+      }
+    }
+  }
+  blocks.finish(dw + begin * size, (end - begin) * size);
+}
+#endif
+
+template <int VB>
+JD_INLINE void dw_items_widen(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, int64_t begin,
+                              int64_t end) {
+  dw_items<bf16, float, VB>(geo, x, dy, dw, begin, end);
 }
 
 // One entry per (map, dtype), compiled once per ISA; `kernels` is the set chosen at load time.
-template <typename T>
-using RowFn = void (*)(const Geometry&, const T*, const T*, T*, int64_t, int64_t);
+// forward and dx read their weight operand prepared by `prepare_weight` (blocks of `block`).
+using MapFn = void (*)(const Geometry&, const void*, const void*, int64_t, void*, int64_t, int64_t);
 
 struct KernelSet {
   const char* isa;
-  RowFn<float> forward32, dx32, dw32;
-  RowFn<double> forward64, dx64, dw64;
+  MapFn forward32, dx32, dw32, forward64, dx64, dw64, forward16, dx16, dw16;
+  bool pairs;  // the bfloat16 forward and dx read their weight as vdpbf16ps pairs (else float32)
 };
 
-#define JD_VARIANT(ATTR, NAME, ISA, VB)                                                                           \
-  ATTR void forward32_##NAME(const Geometry& g, const float* a, const float* b, float* c, int64_t i, int64_t j) { \
-    forward_rows<float, VB>(g, a, b, c, i, j);                                                                  \
+#define JD_MAPS(ATTR, NAME, ISA, VB, GEMM16, DW16)                                                                       \
+  template <typename Gemm>                                                                                  \
+  ATTR void forward_##NAME(const Geometry& g, const void* a, const void* b, int64_t k, void* c, int64_t i,   \
+                           int64_t j) {                                                                     \
+    using X = typename Gemm::A;                                                                             \
+    forward_rows<Gemm, X>(g, static_cast<const X*>(a), static_cast<const typename Gemm::B*>(b), k,          \
+                          static_cast<X*>(c), i, j);                                                        \
   }                                                                                                         \
-  ATTR void dx32_##NAME(const Geometry& g, const float* a, const float* b, float* c, int64_t i, int64_t j) {    \
-    dx_rows<float, VB>(g, a, b, c, i, j);                                                                       \
+  template <typename Gemm>                                                                                  \
+  ATTR void dx_##NAME(const Geometry& g, const void* a, const void* b, int64_t k, void* c, int64_t i,        \
+                      int64_t j) {                                                                          \
+    using X = typename Gemm::A;                                                                             \
+    dx_rows<Gemm, X>(g, static_cast<const X*>(a), static_cast<const typename Gemm::B*>(b), k,               \
+                     static_cast<X*>(c), i, j);                                                             \
   }                                                                                                         \
-  ATTR void dw32_##NAME(const Geometry& g, const float* a, const float* b, float* c, int64_t i, int64_t j) {    \
-    dw_items<float, VB>(g, a, b, c, i, j);                                                                      \
+  template <typename X, typename T>                                                                         \
+  ATTR void dw_##NAME(const Geometry& g, const void* a, const void* b, int64_t, void* c, int64_t i,          \
+                      int64_t j) {                                                                          \
+    dw_items<X, T, VB>(g, static_cast<const X*>(a), static_cast<const X*>(b), static_cast<X*>(c), i, j);    \
   }                                                                                                         \
-  ATTR void forward64_##NAME(const Geometry& g, const double* a, const double* b, double* c, int64_t i,        \
-                             int64_t j) {                                                                   \
-    forward_rows<double, VB>(g, a, b, c, i, j);                                                                 \
+  ATTR void dw16_##NAME(const Geometry& g, const void* a, const void* b, int64_t, void* c, int64_t i,         \
+                        int64_t j) {                                                                        \
+    DW16<VB>(g, static_cast<const bf16*>(a), static_cast<const bf16*>(b), static_cast<bf16*>(c), i, j);     \
   }                                                                                                         \
-  ATTR void dx64_##NAME(const Geometry& g, const double* a, const double* b, double* c, int64_t i, int64_t j) { \
-    dx_rows<double, VB>(g, a, b, c, i, j);                                                                      \
-  }                                                                                                         \
-  ATTR void dw64_##NAME(const Geometry& g, const double* a, const double* b, double* c, int64_t i, int64_t j) { \
-    dw_items<double, VB>(g, a, b, c, i, j);                                                                     \
-  }                                                                                                         \
-  const KernelSet kernels_##NAME = {ISA,           forward32_##NAME, dx32_##NAME, dw32_##NAME,              \
-                                    forward64_##NAME, dx64_##NAME,  dw64_##NAME};
+  const KernelSet kernels_##NAME = {                                                                        \
+      ISA,                                                                                                  \
+      forward_##NAME<Fma<float, float, float, VB>>,                                                         \
+      dx_##NAME<Fma<float, float, float, VB>>,                                                              \
+      dw_##NAME<float, float>,                                                                              \
+      forward_##NAME<Fma<double, double, double, VB>>,                                                      \
+      dx_##NAME<Fma<double, double, double, VB>>,                                                           \
+      dw_##NAME<double, double>,                                                                            \
+      forward_##NAME<GEMM16>,                                                                               \
+      dx_##NAME<GEMM16>,                                                                                    \
+      dw16_##NAME,                                                                                          \
+      std::is_same_v<typename GEMM16::B, uint32_t>};
 
 #ifdef JD_X86
-JD_VARIANT(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), avx512, "avx512f", 64)
-JD_VARIANT(__attribute__((target("avx2,fma"))), avx2, "avx2+fma", 32)
-JD_VARIANT(, baseline, "x86-64 baseline", 16)
+using Widen64 = Fma<bf16, float, float, 64>;
+using Widen32 = Fma<bf16, float, float, 32>;
+using Widen16 = Fma<bf16, float, float, 16>;
+#ifdef JD_DPBF16
+JD_MAPS(JD_TARGET_BF16, avx512bf16, "avx512bf16", 64, Dp, dw_items_dp)
+#endif
+JD_MAPS(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), avx512, "avx512f", 64, Widen64, dw_items_widen)
+JD_MAPS(__attribute__((target("avx2,fma"))), avx2, "avx2+fma", 32, Widen32, dw_items_widen)
+JD_MAPS(, baseline, "x86-64 baseline", 16, Widen16, dw_items_widen)
 #else
-JD_VARIANT(, baseline, "portable C++", 16)
+using Widen16 = Fma<bf16, float, float, 16>;
+JD_MAPS(, baseline, "portable C++", 16, Widen16, dw_items_widen)
 #endif
 
 // The best set this processor runs, or the one JAX_DECONV_ISA names if the processor has it.
@@ -324,6 +590,10 @@ const KernelSet* choose_kernels() {
   const std::string want = wanted ? wanted : "";
   if (want == "baseline") return &kernels_baseline;
   if (want == "avx2+fma" && avx2) return &kernels_avx2;
+  if (want == "avx512f" && avx512) return &kernels_avx512;
+#ifdef JD_DPBF16
+  if (avx512 && __builtin_cpu_supports("avx512bf16")) return &kernels_avx512bf16;
+#endif
   if (avx512) return &kernels_avx512;
   if (avx2) return &kernels_avx2;
 #endif
@@ -339,13 +609,13 @@ const KernelSet* const kernels = choose_kernels();
 // touches nothing but the shared counters (kept alive by shared_ptr); the caller returns
 // once every chunk is done, computing any that no helper took.
 template <typename Body>
-void parallel_for(ffi::ThreadPool& pool, int64_t items, const Body& body) {
+void parallel_for(ffi::ThreadPool& pool, int64_t items, const Body& body, int64_t per_thread = 4) {
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(pool.num_threads(), items));
   if (threads <= 1 || items <= 1) {
     body(0, items);
     return;
   }
-  const int64_t chunks = std::min<int64_t>(items, 4 * threads);
+  const int64_t chunks = std::min<int64_t>(items, per_thread * threads);
   struct State {
     std::atomic<int64_t> next{0}, done{0};
   };
@@ -367,6 +637,24 @@ void parallel_for(ffi::ThreadPool& pool, int64_t items, const Body& body) {
 
 enum class Map { kForward, kDx, kDw };
 
+// The bfloat16 weight of the forward or dx as the chosen kernels read it: per (group, tap) a
+// K x N block, widened to float32 or packed as vdpbf16ps pairs. Returns the block's length.
+int64_t prepare_weight(const bf16* w, int64_t blocks, int64_t K, int64_t N, bool pairs, std::vector<float>* wide,
+                       std::vector<uint32_t>* packed) {
+  if (!pairs) {
+    wide->resize(blocks * K * N);
+    for (int64_t i = 0; i < blocks * K * N; ++i) (*wide)[i] = widen(w[i]);
+    return K * N;
+  }
+  const int64_t K2 = (K + 1) / 2, n32 = (N + 31) / 32 * 32;
+  packed->assign(blocks * K2 * n32, 0u);
+  for (int64_t t = 0; t < blocks; ++t)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t j = 0; j < N; ++j)
+        (*packed)[(t * K2 + k / 2) * n32 + j] |= uint32_t(w[(t * K + k) * N + j].bits) << (16 * (k & 1));
+  return K2 * n32;
+}
+
 template <Map kMap>
 ffi::Error run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
                ffi::Span<const int64_t> geometry) {
@@ -375,24 +663,49 @@ ffi::Error run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Re
   const ffi::DataType type = a.element_type();
   if (b.element_type() != type || out->element_type() != type)
     return ffi::Error::InvalidArgument("jax_deconv native: operands of different dtypes");
+  const int64_t taps = geo.k[0] * geo.k[1] * geo.k[2];
   const int64_t items = kMap == Map::kForward ? geo.n * geo.out[0]
                         : kMap == Map::kDx    ? geo.n * geo.in[0]
-                                              : geo.g * geo.k[0] * geo.k[1] * geo.k[2];
-  if (type == ffi::DataType::F32) {
-    auto* pa = static_cast<const float*>(a.untyped_data());
-    auto* pb = static_cast<const float*>(b.untyped_data());
-    auto* pc = static_cast<float*>(out->untyped_data());
-    const RowFn<float> fn = kMap == Map::kForward ? kernels->forward32 : kMap == Map::kDx ? kernels->dx32 : kernels->dw32;
-    parallel_for(pool, items, [&](int64_t i, int64_t j) { fn(geo, pa, pb, pc, i, j); });
-  } else if (type == ffi::DataType::F64) {
-    auto* pa = static_cast<const double*>(a.untyped_data());
-    auto* pb = static_cast<const double*>(b.untyped_data());
-    auto* pc = static_cast<double*>(out->untyped_data());
-    const RowFn<double> fn = kMap == Map::kForward ? kernels->forward64 : kMap == Map::kDx ? kernels->dx64 : kernels->dw64;
-    parallel_for(pool, items, [&](int64_t i, int64_t j) { fn(geo, pa, pb, pc, i, j); });
-  } else {
-    return ffi::Error::InvalidArgument("jax_deconv native: only float32 and float64");
+                                              : geo.g * taps;
+  const KernelSet& set = *kernels;
+  MapFn fn = nullptr;
+  const void* weight = b.untyped_data();
+  int64_t block = geo.cgi * geo.cgo;
+  std::vector<float> wide;
+  std::vector<uint32_t> packed;
+  try {
+    if (type == ffi::DataType::F32) {
+      fn = kMap == Map::kForward ? set.forward32 : kMap == Map::kDx ? set.dx32 : set.dw32;
+    } else if (type == ffi::DataType::F64) {
+      fn = kMap == Map::kForward ? set.forward64 : kMap == Map::kDx ? set.dx64 : set.dw64;
+    } else if (type == ffi::DataType::BF16) {
+      fn = kMap == Map::kForward ? set.forward16 : kMap == Map::kDx ? set.dx16 : set.dw16;
+      if (kMap != Map::kDw) {
+        const int64_t K = kMap == Map::kForward ? geo.cgi : geo.cgo, N = kMap == Map::kForward ? geo.cgo : geo.cgi;
+        block = prepare_weight(static_cast<const bf16*>(weight), geo.g * taps, K, N, set.pairs, &wide, &packed);
+        weight = set.pairs ? static_cast<const void*>(packed.data()) : static_cast<const void*>(wide.data());
+      }
+    } else {
+      return ffi::Error::InvalidArgument("jax_deconv native: only float32, float64 and bfloat16");
+    }
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_deconv native: out of memory");
   }
+  const void* pa = a.untyped_data();
+  void* pc = out->untyped_data();
+  std::atomic<bool> failed{false};  // a row buffer that could not be allocated (never thrown across threads)
+  // Chunks of rows: 4 per thread, for balance; dw: one per thread, as each chunk reads all of x and dy.
+  parallel_for(
+      pool, items,
+      [&](int64_t i, int64_t j) {
+        try {
+          fn(geo, pa, weight, block, pc, i, j);
+        } catch (const std::bad_alloc&) {
+          failed = true;
+        }
+      },
+      kMap == Map::kDw ? 1 : 4);
+  if (failed) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_deconv native: out of memory");
   return ffi::Error::Success();
 }
 
