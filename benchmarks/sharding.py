@@ -17,7 +17,7 @@ Variants (every answer is checked against the one-device result first):
   called as usual: it runs each device's block under ``shard_map`` with a halo exchange.
 * ``depth, XLA (Auto axes)``: the depth axis split on a mesh of ``AxisType.Auto`` axes, where
   XLA's SPMD partitioner places the op (on a one-axis mesh its weight gradient is right; see
-  the README on meshes with more axes).
+  docs/multi-device.md on meshes with more axes).
 * ``depth, halo``: the depth axis split; :func:`jax_deconv.conv_transpose_halo` under
   ``shard_map`` exchanges one-slice halos with ``ppermute``.
 """

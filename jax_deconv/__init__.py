@@ -16,7 +16,7 @@ from jax_deconv._plan import Plan
 from jax_deconv._sharding import conv_transpose_halo, halo_sizes
 from jax_deconv._types import ALGORITHMS, Algorithm, DataFormat, Padding
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _ADAPTERS = ("equinox", "flax")  # need their framework: imported on first attribute access
 

@@ -127,9 +127,9 @@ def conv_transpose(
       data_format: ``'NCHW'`` (channels first) or ``'NHWC'`` (channels last).
       precision: passed to ``lax.conv_general_dilated`` / ``lax.dot_general``.
       preferred_element_type: accumulation and output dtype, passed likewise.
-      algorithm: ``'auto'``, ``'conv'``, ``'gemm'``, ``'phases'`` or ``'taps'`` (README, "How it is
-        computed"; :func:`choose_algorithm` says what ``'auto'`` picks); every one gives the
-        same answer, up to rounding.
+      algorithm: ``'auto'``, ``'native'``, ``'conv'``, ``'gemm'``, ``'phases'`` or ``'taps'``
+        (docs/algorithms.md; :func:`choose_algorithm` says what ``'auto'`` picks); every one
+        gives the same answer, up to rounding.
       max_buffer_bytes: the largest im2col buffer ``'gemm'`` may build at once (bytes,
         forward and backward; default 32 MiB): past it, ``'gemm'`` works in steps along the
         first spatial axis, and ``'auto'`` takes ``'conv'`` when even one step (one phase

@@ -74,7 +74,7 @@ def test_batch_sharded_equals_one_device(algorithm, axis_type):
     xs = jax.device_put(x, NamedSharding(mesh, P("data")))
     check_sharded(f, (x, w, b), (xs, w, b))
     if axis_type == AxisType.Auto and algorithm == "native":
-        return  # a custom call XLA's partitioner cannot split: it runs on the gathered batch (README)
+        return  # a custom call XLA's partitioner cannot split: it runs on the gathered batch (docs/multi-device.md)
     assert jax.jit(f)(xs, w, b).sharding.spec[0] == "data"  # the batch stays sharded
     if axis_type == AxisType.Explicit or algorithm == "gemm":
         assert not any(collectives(f, xs, w, b).values())  # forward: no communication at all
@@ -267,7 +267,7 @@ def halo_sizes_of(spatial, w_shape, args):
 
 
 def test_readme_halo_recipe_on_8_devices():
-    """README's halo snippet, as written, on the 8 simulated devices: depth-sharded and exact."""
+    """The halo recipe of docs/multi-device.md, as written, on the 8 simulated devices: depth-sharded and exact."""
     ns = recipe("halo")
     y, x, w, b = ns["y"], ns["x"], ns["w"], ns["b"]
     assert len(jax.devices()) == 8 and len(y.sharding.device_set) == 8

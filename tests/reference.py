@@ -98,7 +98,8 @@ def reference_vjp(x, w, gy, *, group=1, data_format="NCHW", **config):
             part = gy_full[(slice(None), co, *_tap(q, k, s, d, x.shape[2:]))]
             tap = (slice(None), slice(None), *q)
             dx[:, ci] += np.einsum("no...,co->nc...", part, w[ci][tap])
-            dw[(ci, slice(None), *q)] += np.tensordot(x[:, ci], part, axes=([0, *range(2, n + 2)], [0, *range(2, n + 2)]))
+            summed = [0, *range(2, n + 2)]  # batch and space
+            dw[(ci, slice(None), *q)] += np.tensordot(x[:, ci], part, axes=(summed, summed))
     if data_format == "NHWC":
         dx, dw = np.moveaxis(dx, 1, -1), np.moveaxis(dw, 1, -1)
     return dx, dw

@@ -125,17 +125,22 @@ def lax_case(seed: int, groups: int = 1):
     return lhs, rhs, kwargs
 
 
-README = os.path.join(os.path.dirname(DATA), os.pardir, "README.md")
+ROOT = os.path.normpath(os.path.join(os.path.dirname(DATA), os.pardir))
 
 
 def recipe(name: str) -> dict:
-    """Run the fenced block after ``<!-- recipe: NAME -->`` in README.md as written; its namespace."""
-    with open(os.path.normpath(README), encoding="utf-8") as f:
-        text = f.read()
-    match = re.search(rf"<!-- recipe: {name} -->\n```python\n(.*?)```", text, re.S)
-    assert match, f"no recipe {name!r} in README.md"
+    """Run the fenced block after ``<!-- recipe: NAME -->`` in README.md or a page of docs/ as
+    written; its namespace."""
+    pages = ["README.md", *sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs"))
+                                  if f.endswith(".md"))]
+    for page in pages:
+        with open(os.path.join(ROOT, page), encoding="utf-8") as f:
+            match = re.search(rf"<!-- recipe: {name} -->\n```python\n(.*?)```", f.read(), re.S)
+        if match:
+            break
+    assert match, f"no recipe {name!r} in README.md or docs/"
     namespace: dict = {}
-    exec(compile(match.group(1), f"README.md:{name}", "exec"), namespace)
+    exec(compile(match.group(1), f"{page}:{name}", "exec"), namespace)
     return namespace
 
 

@@ -1,6 +1,6 @@
-"""The Flax NNX and Equinox recipes of README.md, run as written there, and optax training.
+"""The Flax NNX and Equinox recipes of docs/layers.md, run as written there, and optax training.
 
-Each recipe is the fenced block after ``<!-- recipe: NAME -->`` in README.md; the tests skip
+Each recipe is the fenced block after ``<!-- recipe: NAME -->`` in docs/; the tests skip
 when the framework is absent.
 """
 

@@ -2,8 +2,8 @@
 
 Over seeded random layers of realistic size (1-D to 3-D, groups, strides up to 40, dilations
 up to 25, heavy crops, kernels larger than the input), compiled (never run) under
-``algorithm='auto'`` for CPU, forward and gradient. The bounds are stated in the README
-("Memory") and in ``choose_algorithm``'s docstring. The values are checked elsewhere; here only
+``algorithm='auto'`` for CPU, forward and gradient. The bounds are stated in docs/memory.md
+and in ``choose_algorithm``'s docstring. The values are checked elsewhere; here only
 ``.compile().memory_analysis()`` is read.
 """
 

@@ -79,14 +79,14 @@ def test_every_instruction_set_variant_matches_the_reference(isa):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     _sweep(env, "41", "12", "native")
-    _sweep(env, "43", "16", "native", "bfloat16")
+    _sweep(env, "43", "10", "native", "bfloat16")
 
 
 @needs_kernels
 def test_bfloat16_sweep_at_this_processors_instruction_set():
     """bfloat16 through the kernels this processor runs (``vdpbf16ps`` where it has
     AVX512-BF16): forward, input and weight gradients element by element against the reference."""
-    _sweep(dict(os.environ), "47", "40", "native", "bfloat16")
+    _sweep(dict(os.environ), "47", "30", "native", "bfloat16")
 
 
 def test_reference_vjp_is_the_adjoint_of_the_reference():
