@@ -137,6 +137,17 @@ def chart(paths, prefix, algorithm) -> list[str]:
     return written
 
 
+def _row(key, cells, impls, algorithm) -> None:
+    """Print a table row: the layer, the ratio cells, then temporaries and peaks (ours NHWC)."""
+    _, _, nhwc, channels_last = _same_layout(impls, algorithm)
+    temp = nhwc and nhwc.get("temp_bytes")
+    peak = (f"{fmt(nhwc and nhwc['peak_bytes'] / 2**20, '.1f')} / "
+            f"{fmt(channels_last and channels_last['peak_bytes'] / 2**20, '.1f')}")
+    cfg, layer, dtype, mode = key
+    print(f"| {cfg}: {layer} | {dtype} | {mode} | " + " | ".join(cells)
+          + f" | {fmt(temp and temp / nhwc['call_bytes'])} | {peak} |")
+
+
 def _pooled(runs, key, side, algorithm):
     """(median of the undisturbed same-layout ratios over the runs, how many), or (None, 0)."""
     ratios = []
@@ -173,13 +184,7 @@ def pool(paths, algorithm) -> None:
             for side in (0, 2):
                 median, count = _pooled(runs[t], key, side, algorithm)
                 cells.append("—" if median is None else f"{median:.2f} ({count})")
-        _, _, nhwc, channels_last = _same_layout(impls, algorithm)
-        temp = nhwc and nhwc.get("temp_bytes")
-        peak = (f"{fmt(nhwc and nhwc['peak_bytes'] / 2**20, '.1f')} / "
-                f"{fmt(channels_last and channels_last['peak_bytes'] / 2**20, '.1f')}")
-        cfg, layer, dtype, mode = key
-        print(f"| {cfg}: {layer} | {dtype} | {mode} | " + " | ".join(cells)
-              + f" | {fmt(temp and temp / nhwc['call_bytes'])} | {peak} |")
+        _row(key, cells, impls, algorithm)
 
 
 def compare(paths, labels, algorithm) -> None:
@@ -195,13 +200,7 @@ def compare(paths, labels, algorithm) -> None:
         for run in runs:
             nchw, contiguous, nhwc, channels_last = _same_layout(run.get(key, {}), algorithm)
             cells += [_ratio(nchw, contiguous), _ratio(nhwc, channels_last)]
-        nchw, contiguous, nhwc, channels_last = _same_layout(impls, algorithm)
-        temp = nhwc and nhwc.get("temp_bytes")
-        peak = (f"{fmt(nhwc and nhwc['peak_bytes'] / 2**20, '.1f')} / "
-                f"{fmt(channels_last and channels_last['peak_bytes'] / 2**20, '.1f')}")
-        cfg, layer, dtype, mode = key
-        print(f"| {cfg}: {layer} | {dtype} | {mode} | " + " | ".join(cells)
-              + f" | {fmt(temp and temp / nhwc['call_bytes'])} | {peak} |")
+        _row(key, cells, impls, algorithm)
 
 
 def main(argv=None) -> None:

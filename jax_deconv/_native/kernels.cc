@@ -43,6 +43,7 @@ namespace {
 #include <immintrin.h>
 #endif
 #define JD_INLINE inline __attribute__((always_inline))
+#define JD_LAMBDA_INLINE __attribute__((always_inline))  // so a lambda compiles for its caller's ISA
 
 struct Geometry {
   int64_t n, g, cgi, cgo;
@@ -402,50 +403,59 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
   }
 }
 
-// Weight gradient, items (g, qd, qh, qw) in that order; T accumulates. The rows of x (and of
-// dy) are the outer loop, so each is read once per chunk of items while it is in cache (a
-// loop over items outside would stream all of x and dy once per tap).
-template <typename TX, typename T, int VB>
-JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, int64_t begin, int64_t end) {
-  const int64_t cin = geo.cin(), cout = geo.cout();
+// The runs a chunk [begin, end) of weight-gradient items (g, qd, qh, qw) reads: for each row
+// (n, pd, ph) of x, outer, and each item whose tap lands that row inside the output, calls
+// visit(row, first, item, g, run, dy_row), with row = (n*D + pd)*H + ph, dy_row = (n*OD + od)*OH
+// + oh and first true at a row's first call. Rows outer: each is read once per chunk while it
+// is in cache (items outer would stream all of x and dy once per tap).
+template <typename Visit>
+JD_INLINE void dw_runs(const Geometry& geo, int64_t begin, int64_t end, const Visit& visit) {
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
   const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
-  const int64_t size = geo.cgi * geo.cgo;
-  RowAccumulator<TX, T> blocks((end - begin) * size);
-  T* acc = blocks.begin(dw + begin * size, (end - begin) * size);
-  constexpr bool narrow = !std::is_same_v<TX, T>;
-  std::unique_ptr<T[]> wide(narrow ? new T[W * cin] : nullptr);  // a row of x, widened once
-  for (int64_t n = 0; n < geo.n; ++n) {
-    for (int64_t pd = 0; pd < D; ++pd) {
+  for (int64_t n = 0; n < geo.n; ++n)
+    for (int64_t pd = 0; pd < D; ++pd)
       for (int64_t ph = 0; ph < H; ++ph) {
-        const TX* xrow = x + ((n * D + pd) * H + ph) * W * cin;
-        bool widened = false;
+        bool first = true;
         for (int64_t item = begin; item < end; ++item) {
           const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD;
-          const int64_t g = item / (KW * KH * KD);
           const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
           const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
           if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
           const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
           if (r.lo >= r.hi) continue;
-          const TX* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
-          T* out = acc + (item - begin) * size;
-          // dw[q] (Cg_in x Cg_out) += x_run^T . dy_run: x read transposed, positions as the sum
-          if constexpr (!narrow) {
-            gemm<TX, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, xrow + r.lo * cin + g * geo.cgi, 1, cin, dyrow,
-                                geo.s[2] * cout, out, geo.cgo);
-          } else {  // x's elements are read one at a time: widened first
-            if (!widened)
-              for (int64_t i = 0; i < W * cin; ++i) wide[i] = widen(xrow[i]);
-            widened = true;
-            gemm<T, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, wide.get() + r.lo * cin + g * geo.cgi, 1, cin, dyrow,
-                               geo.s[2] * cout, out, geo.cgo);
-          }
+          visit((n * D + pd) * H + ph, first, item, item / (KW * KH * KD), r, (n * OD + od) * OH + oh);
+          first = false;
         }
       }
+}
+
+// Weight gradient, items (g, qd, qh, qw) in that order; T accumulates.
+template <typename TX, typename T, int VB>
+JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, int64_t begin, int64_t end) {
+  const int64_t cin = geo.cin(), cout = geo.cout(), W = geo.in[2], OW = geo.out[2];
+  const int64_t size = geo.cgi * geo.cgo;
+  RowAccumulator<TX, T> blocks((end - begin) * size);
+  T* acc = blocks.begin(dw + begin * size, (end - begin) * size);
+  constexpr bool narrow = !std::is_same_v<TX, T>;
+  std::unique_ptr<T[]> wide(narrow ? new T[W * cin] : nullptr);  // a row of x, widened once
+  const auto visit = [&](int64_t row, bool first, int64_t item, int64_t g, const Run& r,
+                         int64_t dy_row) JD_LAMBDA_INLINE {
+    const TX* xrow = x + row * W * cin;
+    const TX* dyrun = dy + (dy_row * OW + r.o0) * cout + g * geo.cgo;
+    T* out = acc + (item - begin) * size;
+    // dw[q] (Cg_in x Cg_out) += x_run^T . dy_run: x read transposed, positions as the sum
+    if constexpr (!narrow) {
+      gemm<TX, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, xrow + r.lo * cin + g * geo.cgi, 1, cin, dyrun,
+                          geo.s[2] * cout, out, geo.cgo);
+    } else {  // x's elements are read one at a time: widened first
+      if (first)
+        for (int64_t i = 0; i < W * cin; ++i) wide[i] = widen(xrow[i]);
+      gemm<T, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, wide.get() + r.lo * cin + g * geo.cgi, 1, cin, dyrun,
+                         geo.s[2] * cout, out, geo.cgo);
     }
-  }
+  };
+  dw_runs(geo, begin, end, visit);
   blocks.finish(dw + begin * size, (end - begin) * size);
 }
 
@@ -456,57 +466,41 @@ JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, 
 template <int VB>
 JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, int64_t begin,
                                 int64_t end) {
-  const int64_t cin = geo.cin(), cout = geo.cout();
-  const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
-  const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
-  const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
+  const int64_t cin = geo.cin(), cout = geo.cout(), W = geo.in[2], OW = geo.out[2];
   const int64_t size = geo.cgi * geo.cgo, w2 = W / 2 + 1, n32 = (geo.cgo + 31) / 32 * 32;
   RowAccumulator<bf16, float> blocks((end - begin) * size);
   float* acc = blocks.begin(dw + begin * size, (end - begin) * size);
   // xp[parity][k2 * cin + c] = (x[parity + 2 k2, c], x[parity + 2 k2 + 1, c]), zero past W
   std::unique_ptr<uint32_t[]> xp(new uint32_t[2 * w2 * cin]);
   std::unique_ptr<uint32_t[]> dyp(new uint32_t[w2 * n32]());
-  for (int64_t n = 0; n < geo.n; ++n) {
-    for (int64_t pd = 0; pd < D; ++pd) {
-      for (int64_t ph = 0; ph < H; ++ph) {
-        const bf16* xrow = x + ((n * D + pd) * H + ph) * W * cin;
-        bool packed = false;
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD;
-          const int64_t g = item / (KW * KH * KD);
-          const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
-          const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
-          if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
-          const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
-          if (r.lo >= r.hi) continue;
-          if (!packed) {
-            for (int64_t parity = 0; parity < 2; ++parity)
-              for (int64_t k2 = 0; k2 < w2; ++k2) {
-                const int64_t p = parity + 2 * k2;
-                uint32_t* to = xp.get() + (parity * w2 + k2) * cin;
-                for (int64_t c = 0; c < cin; ++c)
-                  to[c] = (p < W ? uint32_t(xrow[p * cin + c].bits) : 0u) |
-                          (p + 1 < W ? uint32_t(xrow[(p + 1) * cin + c].bits) << 16 : 0u);
-              }
-            packed = true;
-          }
-          const int64_t len = r.hi - r.lo, step = geo.s[2] * cout;
-          const bf16* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
-          for (int64_t k2 = 0; 2 * k2 < len; ++k2) {
-            const bf16* even = dyrow + 2 * k2 * step;
-            uint32_t* to = dyp.get() + k2 * n32;
-            if (2 * k2 + 1 < len)
-              for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits) | uint32_t(even[step + j].bits) << 16;
-            else
-              for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits);
-          }
-          const uint32_t* a = xp.get() + ((r.lo & 1) * w2 + r.lo / 2) * cin + g * geo.cgi;
-          gemm_dp(geo.cgi, len, geo.cgo, reinterpret_cast<const bf16*>(a), 2, 2 * cin, dyp.get(), acc + (item - begin) * size,
-                  geo.cgo);
+  const auto visit = [&](int64_t row, bool first, int64_t item, int64_t g, const Run& r,
+                         int64_t dy_row) JD_LAMBDA_INLINE {
+    if (first) {
+      const bf16* xrow = x + row * W * cin;
+      for (int64_t parity = 0; parity < 2; ++parity)
+        for (int64_t k2 = 0; k2 < w2; ++k2) {
+          const int64_t p = parity + 2 * k2;
+          uint32_t* to = xp.get() + (parity * w2 + k2) * cin;
+          for (int64_t c = 0; c < cin; ++c)
+            to[c] = (p < W ? uint32_t(xrow[p * cin + c].bits) : 0u) |
+                    (p + 1 < W ? uint32_t(xrow[(p + 1) * cin + c].bits) << 16 : 0u);
         }
-      }
     }
-  }
+    const int64_t len = r.hi - r.lo, step = geo.s[2] * cout;
+    const bf16* dyrun = dy + (dy_row * OW + r.o0) * cout + g * geo.cgo;
+    for (int64_t k2 = 0; 2 * k2 < len; ++k2) {
+      const bf16* even = dyrun + 2 * k2 * step;
+      uint32_t* to = dyp.get() + k2 * n32;
+      if (2 * k2 + 1 < len)
+        for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits) | uint32_t(even[step + j].bits) << 16;
+      else
+        for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits);
+    }
+    const uint32_t* a = xp.get() + ((r.lo & 1) * w2 + r.lo / 2) * cin + g * geo.cgi;
+    gemm_dp(geo.cgi, len, geo.cgo, reinterpret_cast<const bf16*>(a), 2, 2 * cin, dyp.get(),
+            acc + (item - begin) * size, geo.cgo);
+  };
+  dw_runs(geo, begin, end, visit);
   blocks.finish(dw + begin * size, (end - begin) * size);
 }
 #endif
