@@ -107,7 +107,11 @@ def native_kernels() -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class Geometry:
-    """The canonical problem of a plan: channels-last, three spatial axes, sizes only."""
+    """The canonical problem of a plan: channels-last, three spatial axes, sizes only.
+
+    The operands keep the call's own spatial rank (``ndim``: no unit axes, which XLA:CPU may
+    lay out apart and copy); the kernels read the 22 sizes of :meth:`as_attribute`.
+    """
 
     batch: int
     group: int
@@ -119,6 +123,7 @@ class Geometry:
     strides: tuple[int, int, int]
     dilations: tuple[int, int, int]
     pad_begin: tuple[int, int, int]
+    ndim: int = 3
 
     @classmethod
     def of(cls, plan: Plan) -> Geometry:
@@ -129,7 +134,7 @@ class Geometry:
             batch=plan.batch, group=plan.group, cg_in=plan.in_channels // plan.group,
             cg_out=plan.out_channels // plan.group, in_spatial=three(plan.in_spatial, 1),
             out_spatial=three(plan.out_spatial, 1), kernel=three(plan.kernel, 1), strides=three(plan.strides, 1),
-            dilations=three(plan.dilations, 1), pad_begin=three(plan.pad_begin, 0),
+            dilations=three(plan.dilations, 1), pad_begin=three(plan.pad_begin, 0), ndim=plan.ndim,
         )
 
     def as_attribute(self) -> np.ndarray:
@@ -148,12 +153,14 @@ class Geometry:
             out_spatial=self.out_spatial, has_bias=False,
         )
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        g, k = self.group, self.kernel
+    def shapes(self, canonical: bool = False) -> dict[str, tuple[int, ...]]:
+        """The operands' shapes: the call's rank, or with three spatial axes (``canonical``)."""
+        n = 3 if canonical else self.ndim
+        g = self.group
         return dict(
-            x=(self.batch, *self.in_spatial, g * self.cg_in),
-            y=(self.batch, *self.out_spatial, g * self.cg_out),
-            w=(g, *k, self.cg_in, self.cg_out),
+            x=(self.batch, *self.in_spatial[3 - n:], g * self.cg_in),
+            y=(self.batch, *self.out_spatial[3 - n:], g * self.cg_out),
+            w=(g, *self.kernel[3 - n:], self.cg_in, self.cg_out),
         )
 
 
@@ -256,11 +263,12 @@ def set_xla_forward(forward: Callable[[jax.Array, jax.Array, Plan, str], jax.Arr
 def _xla_map(prim: Primitive, geometry: Geometry, backend: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """``prim``'s map in plain XLA: the registered forward on the canonical plan, and its VJPs."""
     plan = geometry.plan()
-    shapes = geometry.shapes()
+    shapes, canonical = geometry.shapes(), geometry.shapes(canonical=True)
 
     def forward(x, wf):  # wf (G, K.., Cg_in, Cg_out) -> the plan's NHWC weight (C_in, K.., Cg_out)
+        wf = wf.reshape(canonical["w"])
         w = jnp.moveaxis(wf, -2, 1).reshape(plan.in_channels, *plan.kernel, geometry.cg_out)
-        return _XLA_FORWARD[0](x, w, plan, backend)
+        return _XLA_FORWARD[0](x.reshape(canonical["x"]), w, plan, backend).reshape(shapes["y"])
 
     if prim is forward_p:
         return forward
