@@ -17,7 +17,8 @@ Lowering: on CPU, with the kernels built, a custom call to them; everywhere else
 ``jax.export`` (whose programs must carry no custom call), the same maps in plain XLA, through
 the lowering that ``jax_deconv._lowering`` registers with :func:`set_xla_forward`. Without the
 compiled kernels (no compiler at install time) :data:`AVAILABLE` is False, ``'auto'`` never
-takes ``'native'`` and an explicit ``algorithm='native'`` computes through that XLA lowering.
+takes ``'native'`` and an explicit ``algorithm='native'`` is refused with a ``ValueError`` that
+says why and names the algorithms that compute the call.
 """
 
 from __future__ import annotations
@@ -52,7 +53,9 @@ def _load_kernels() -> tuple[Any, str]:
 
         return _kernels, ""
     except ImportError as error:
-        reason = f"the compiled kernels did not load ({error})"
+        built = any(name.startswith("_kernels.") for name in os.listdir(os.path.dirname(os.path.abspath(__file__))))
+        reason = (f"the compiled kernels did not load ({error})" if built
+                  else "they were not built when jax_deconv was installed (no C++ compiler?)")
     try:
         from importlib import machinery, metadata, util
 
