@@ -558,19 +558,20 @@ struct KernelSet {
       dw16_##NAME,                                                                                          \
       std::is_same_v<typename GEMM16::B, uint32_t>};
 
+// bfloat16 widened to float32 as read (processors without AVX512-BF16)
+template <int VB>
+using Widen = Fma<bf16, float, float, VB>;
+
 #ifdef JD_X86
-using Widen64 = Fma<bf16, float, float, 64>;
-using Widen32 = Fma<bf16, float, float, 32>;
-using Widen16 = Fma<bf16, float, float, 16>;
 #ifdef JD_DPBF16
 JD_MAPS(JD_TARGET_BF16, avx512bf16, "avx512bf16", 64, Dp, dw_items_dp)
 #endif
-JD_MAPS(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), avx512, "avx512f", 64, Widen64, dw_items_widen)
-JD_MAPS(__attribute__((target("avx2,fma"))), avx2, "avx2+fma", 32, Widen32, dw_items_widen)
-JD_MAPS(, baseline, "x86-64 baseline", 16, Widen16, dw_items_widen)
+JD_MAPS(__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))), avx512, "avx512f", 64, Widen<64>,
+        dw_items_widen)
+JD_MAPS(__attribute__((target("avx2,fma"))), avx2, "avx2+fma", 32, Widen<32>, dw_items_widen)
+JD_MAPS(, baseline, "x86-64 baseline", 16, Widen<16>, dw_items_widen)
 #else
-using Widen16 = Fma<bf16, float, float, 16>;
-JD_MAPS(, baseline, "portable C++", 16, Widen16, dw_items_widen)
+JD_MAPS(, baseline, "portable C++", 16, Widen<16>, dw_items_widen)
 #endif
 
 // The best set this processor runs, or the one JAX_DECONV_ISA names if the processor has it.
