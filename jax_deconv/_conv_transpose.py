@@ -51,7 +51,7 @@ def _conv_transpose(
         x.shape, w.shape, None if b is None else b.shape, **sizes, padding=padding, data_format=data_format,
         op=op, ndim=ndim,
     )
-    x, w, b = promote(x, w, b)
+    x, w, b = promote(x, w, b, op)
     preferred = check_preferred(op, preferred_element_type, x.dtype)
     apply = bind(op, plan, algorithm, precision, preferred, x.dtype, max_buffer_bytes)
     return under_explicit_sharding(apply, plan, x, w, b)

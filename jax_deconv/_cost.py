@@ -365,6 +365,30 @@ def _channels_first_gemm(plan: Plan) -> bool:
     return plan.data_format == "NCHW" and all(p.taps == 1 for p in plan.phases)
 
 
+def native_runs(plan: Plan) -> int:
+    """The small matrix products the native kernels run for ``plan`` (each map about the same):
+    one per (example, position of x's outer axes, kernel tap, group), over a run of positions
+    along the last axis."""
+    return plan.batch * math.prod(plan.in_spatial[:-1]) * math.prod(plan.kernel) * plan.group
+
+
+NATIVE_MIN_RUN_MACS = 32
+"""``'auto'`` leaves the native kernels to the XLA choice where they would run more than
+``NATIVE_MANY_RUNS`` runs of fewer multiply-adds than this on average: each run costs
+about 16 ns however small (AMD EPYC Zen 4, 2026-12-07: NHWC x (1, 2000, 1, 1), kernel (1024, 1),
+strides (256, 1), one channel: 2 M runs of one multiply-add, 32 ms forward, 'gemm' 1 ms). The
+benchmark layers run 128 to 130,000 per run."""
+
+NATIVE_MANY_RUNS = 2**16
+
+
+def native_overhead_bound(plan: Plan) -> bool:
+    """Whether the native kernels' fixed cost per run would outweigh their work (see
+    :data:`NATIVE_MIN_RUN_MACS`)."""
+    runs = native_runs(plan)
+    return runs > NATIVE_MANY_RUNS and definition_macs(plan) < NATIVE_MIN_RUN_MACS * runs
+
+
 def choose(
     plan: Plan, itemsize: int, backend: str, max_buffer_bytes: int | None = None, *, native: bool = False
 ) -> Cost:
@@ -372,8 +396,9 @@ def choose(
 
     * on CPU where the native kernels can run the call (``native``; a known batch), ``'native'``
       (the definition's work, no im2col and no interleave), except where the XLA choice below
-      is ``'gemm'`` in its channels-first form (NCHW, kernel <= stride), which is faster there;
-      otherwise, among the XLA lowerings:
+      is ``'gemm'`` in its channels-first form (NCHW, kernel <= stride), which is faster there,
+      or where the kernels would run many tiny matrix products (:func:`native_overhead_bound`:
+      a long kernel over one or two channels); otherwise, among the XLA lowerings:
 
     * where the phase form is out of proportion (:func:`phase_form_fits`): ``'phases'`` if it
       fits (at most ``PHASES_AUTO_MAX`` phases, buffers within ``PHASE_BUDGET``, its im2col
@@ -393,6 +418,8 @@ def choose(
     if backend != "cpu" or not native or not isinstance(plan.batch, int):
         return xla
     if xla.algorithm == "gemm" and _channels_first_gemm(plan):
+        return xla
+    if native_overhead_bound(plan) and xla.algorithm != "conv":
         return xla
     y = plan.batch * plan.out_channels * math.prod(plan.out_spatial)
     return Cost("native", definition_macs(plan), 0, y)

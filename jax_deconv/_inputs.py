@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 FLOATING = "a floating dtype that can hold zero (float16, bfloat16, float32, float64, ...)"
+INEXACT = "a floating dtype that can hold zero (float16, bfloat16, float32, float64, ...) or complex64/complex128"
 
 
 def check_floating(op: str, name: str, dtype: Any) -> np.dtype:
@@ -33,8 +34,12 @@ def _floating_with_zero(dtype: Any) -> bool:
     return bool(jnp.issubdtype(dtype, jnp.floating)) and float(np.zeros((), dtype)) == 0.0
 
 
+def _inexact(dtype: Any) -> bool:
+    return _floating_with_zero(dtype) or bool(jnp.issubdtype(dtype, jnp.complexfloating))
+
+
 def unpack_inputs(op: str, inputs: Any) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """``[x, weight]`` or ``[x, weight, bias]`` (bias may be None) as arrays of a floating dtype."""
+    """``[x, weight]`` or ``[x, weight, bias]`` (bias may be None) as floating or complex arrays."""
     if not isinstance(inputs, (list, tuple)):
         raise TypeError(
             f"{op}: `inputs` must be a list or tuple [x, weight] or [x, weight, bias]; got {type(inputs)!r}."
@@ -47,7 +52,8 @@ def unpack_inputs(op: str, inputs: Any) -> tuple[jax.Array, jax.Array, jax.Array
 
 
 def as_floating(op: str, name: str, value: Any) -> jax.Array:
-    """One array argument, which must have a floating dtype that holds zero."""
+    """One array argument, which must have a floating dtype that holds zero, or a complex one
+    (computed as four real calls: :mod:`jax_deconv._complex`)."""
     if value is None:
         raise TypeError(f"{op}: `{name}` must be an array; got None.")
     try:
@@ -57,25 +63,28 @@ def as_floating(op: str, name: str, value: Any) -> jax.Array:
             f"{op}: `{name}` must be an array (or a rectangular nested list of floats); "
             f"got {type(value).__name__}: {str(e).splitlines()[0]}"
         ) from None
-    if jnp.issubdtype(array.dtype, jnp.complexfloating):
+    if not _inexact(array.dtype):
         raise TypeError(
-            f"{op}: `{name}` must have {FLOATING}; got {array.dtype}: complex inputs are not supported "
-            f"(unlike lax.conv_transpose, PyTorch, Flax and Equinox). The operator is bilinear, so for "
-            f"x = xr + i*xi and w = wr + i*wi compute y = (f(xr, wr) - f(xi, wi)) + i*(f(xr, wi) + f(xi, wr)) "
-            f"with four real calls f."
-        )
-    if not _floating_with_zero(array.dtype):
-        raise TypeError(
-            f"{op}: `{name}` must have {FLOATING}; got {array.dtype} (jax_deconv computes in floating point)."
+            f"{op}: `{name}` must have {INEXACT}; got {array.dtype} (jax_deconv computes in floating point)."
         )
     return array
 
 
 def promote(
-    x: jax.Array, w: jax.Array, b: jax.Array | None
+    x: jax.Array, w: jax.Array, b: jax.Array | None, op: str = "conv_transpose"
 ) -> tuple[jax.Array, jax.Array, jax.Array | None]:
-    """``x``, ``weight`` and ``bias`` in their common floating dtype."""
-    dtype = jnp.result_type(*(a for a in (x, w, b) if a is not None))
+    """``x``, ``weight`` and ``bias`` in their common dtype; ``TypeError`` naming them where
+    JAX has none (float8 formats mixed with each other or with a 16-bit float)."""
+    arrays = {name: a for name, a in (("x", x), ("weight", w), ("bias", b)) if a is not None}
+    try:
+        dtype = jnp.result_type(*arrays.values())
+    except jax.dtypes.TypePromotionError as error:
+        dtypes = ", ".join(f"{name} {a.dtype}" for name, a in arrays.items())
+        raise TypeError(
+            f"{op}: `inputs` have dtypes with no common dtype to compute in ({dtypes}): JAX does not promote "
+            f"float8 formats to each other or to 16-bit floats implicitly; cast them to one dtype first "
+            f"(e.g. x.astype(jnp.bfloat16)). ({str(error).splitlines()[0]})"
+        ) from None
     return x.astype(dtype), w.astype(dtype), None if b is None else b.astype(dtype)
 
 
@@ -106,8 +115,23 @@ def check_preferred(op: str, preferred_element_type: Any, dtype: Any) -> np.dtyp
     every algorithm alike."""
     if preferred_element_type is None:
         return None
-    preferred = check_floating(op, "preferred_element_type", preferred_element_type)
-    if jnp.promote_types(preferred, dtype) != preferred:
+    if jnp.issubdtype(dtype, jnp.complexfloating):  # complex inputs: a complex result
+        try:
+            preferred = jnp.dtype(preferred_element_type)
+        except TypeError:
+            preferred = None
+        if preferred is None or not jnp.issubdtype(preferred, jnp.complexfloating):
+            raise TypeError(
+                f"{op}: `preferred_element_type` must be None or a complex dtype at least as wide as the inputs' "
+                f"{jnp.dtype(dtype)}; got {preferred_element_type!r}."
+            )
+    else:
+        preferred = check_floating(op, "preferred_element_type", preferred_element_type)
+    try:
+        wider = jnp.promote_types(preferred, dtype) == preferred
+    except jax.dtypes.TypePromotionError:  # float8 against another float8 or a 16-bit float
+        wider = False
+    if not wider:
         raise TypeError(
             f"{op}: `preferred_element_type` must be at least as wide as the inputs' dtype {jnp.dtype(dtype)} "
             f"(the accumulation and output dtype; it may not round the inputs); got {preferred}."

@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -61,6 +61,7 @@ import numpy as np
 from jax import lax
 
 from jax_deconv import _native as native
+from jax_deconv._complex import complex_apply, real_part_dtype
 from jax_deconv._cost import (
     GEMM_STEP_ABOVE,
     check_max_buffer_bytes,
@@ -72,6 +73,7 @@ from jax_deconv._cost import (
 from jax_deconv._inputs import check_floating
 from jax_deconv._plan import Plan, phase_taps
 from jax_deconv._types import ALGORITHMS
+from jax_deconv._zero import gradient_zero, positive_zero
 
 
 def _phase_kernel(w: jax.Array, plan: Plan, order: Sequence[str]) -> jax.Array:
@@ -383,32 +385,40 @@ def _lower_taps(x, w, plan: Plan, precision, preferred) -> jax.Array:
     return jnp.moveaxis(y, 0, n + 1).reshape(plan.out_shape)  # (N, O..., G, Cg_out)
 
 
+def _lower_xla(x, w, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes) -> jax.Array:
+    """``plan`` without its bias by one of the XLA lowerings; 16-bit inputs are multiplied and
+    accumulated in float32 and the result is left in float32 (the caller rounds once)."""
+    if jnp.dtype(x.dtype).itemsize < 4:
+        # XLA:CPU's 16-bit dots are 2x slower, and 'taps' would add its taps' products in 16 bits;
+        # 'conv' is asked for a float32 result
+        if algorithm == "conv":
+            return _lower_conv(x, w, plan, precision, jnp.float32)
+        x, w, preferred = x.astype(jnp.float32), w.astype(jnp.float32), None
+    if algorithm == "gemm":  # symbolic sizes (jax.export): no steps, as their sizes are unknown
+        slab = gemm_slab(plan, jnp.dtype(x.dtype).itemsize, max_buffer_bytes) if plan.sizes_known else 0
+        return _lower_gemm(x, w, plan, precision, preferred, slab or 0)
+    if algorithm == "phases":
+        return _lower_phases(x, w, plan, precision, preferred)
+    return {"conv": _lower_conv, "taps": _lower_taps}[algorithm](x, w, plan, precision, preferred)
+
+
 def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer_bytes) -> jax.Array:
+    dtype = preferred or x.dtype  # never narrower than the inputs (check_preferred)
     if plan.is_zero:  # every kept position is past the end of the full output (or C_in == 0, or batch 0)
-        y = jnp.zeros(plan.out_shape, preferred or x.dtype)
-    elif algorithm == "native" and (preferred or x.dtype) in native.DTYPES:
-        # computes in preferred_element_type, never narrower (check_preferred); bfloat16 is
-        # multiplied and accumulated in float32 inside the kernels and rounded once
-        dtype = preferred or x.dtype
-        y = native.conv_transpose(x.astype(dtype), w.astype(dtype), plan)
-    elif algorithm != "conv" and jnp.dtype(x.dtype).itemsize < 4:
-        # 16-bit inputs: the dots multiply and accumulate in float32 (XLA:CPU's 16-bit dots are
-        # 2x slower, and 'taps' would add its taps' products in 16 bits); rounded once
-        x32, w32 = x.astype(jnp.float32), w.astype(jnp.float32)
-        y = _lower(x32, w32, None, plan, algorithm, precision, None, max_buffer_bytes)
-        y = y.astype(preferred or x.dtype)
-    elif algorithm == "gemm":
-        slab = gemm_slab(plan, jnp.dtype(x.dtype).itemsize, max_buffer_bytes)
-        y = _lower_gemm(x, w, plan, precision, preferred, slab or 0)
-    elif algorithm == "phases":
-        y = _lower_phases(x, w, plan, precision, preferred)
-    else:
-        y = {"conv": _lower_conv, "taps": _lower_taps}[algorithm](x, w, plan, precision, preferred)
-    if b is not None:
+        y = jnp.zeros(plan.out_shape, jnp.promote_types(dtype, jnp.float32))
+    elif algorithm == "native" and dtype in native.DTYPES:
+        # bfloat16 is multiplied and accumulated in float32 inside the kernels, the bias added
+        # there too, and rounded once; every sum starts from +0.0
+        return native.conv_transpose(x.astype(dtype), w.astype(dtype), plan, None if b is None else b.astype(dtype))
+    else:  # zeros are +0.0 in y and in the gradients, as the native kernels give them (_zero)
+        y = _lower_xla(gradient_zero(x), gradient_zero(w), plan, algorithm, precision, preferred, max_buffer_bytes)
+        y = positive_zero(y)
+    if b is not None:  # in float32 at least, before the one rounding; the bias gradient is summed so too
         shape = [1] * y.ndim
         shape[1 if plan.data_format == "NCHW" else -1] = plan.out_channels
-        y = y + b.astype(y.dtype).reshape(shape)
-    return y
+        wide = jnp.promote_types(y.dtype, jnp.float32)
+        y = y.astype(wide) + b.astype(wide).reshape(shape)
+    return y.astype(dtype)
 
 
 @functools.partial(
@@ -485,7 +495,7 @@ def choose_algorithm(plan: Plan, dtype: Any, backend: str | None = None, *, max_
         backend = jax.default_backend()
     elif not isinstance(backend, str) or backend.lower() not in BACKENDS:
         raise ValueError(f"{op}: `backend` must be None or one of {BACKENDS} (any case); got {backend!r}.")
-    if not all(isinstance(v, int) for v in (*plan.in_spatial, *plan.out_spatial)):
+    if not plan.sizes_known:
         return "conv"
     kernels = native.unsupported(plan, dtype) is None
     return choose(plan, itemsize, backend.lower(), budget, native=kernels).algorithm
@@ -539,11 +549,16 @@ def _refusal(plan: Plan, algorithm: str, dtype: Any, budget: int | None) -> str 
 
 def bind(
     op: str, plan: Plan, algorithm: Any, precision: Any, preferred: Any, dtype: Any, max_buffer_bytes: Any = None
-) -> functools.partial:
+) -> Callable[..., jax.Array]:
     """``apply`` with its static arguments checked and fixed; call it as ``f(x, w, b, plan=plan)``.
 
     ``dtype``: the inputs' common dtype, from which ``'auto'`` chooses exactly as ``apply`` will.
+    A complex one runs as four real calls of its real part's dtype (:mod:`jax_deconv._complex`).
     """
+    real = real_part_dtype(dtype)
+    if real is not None:
+        preferred = None if preferred is None else real_part_dtype(preferred)
+        return complex_apply(bind(op, plan, algorithm, precision, preferred, real, max_buffer_bytes))
     if algorithm not in ALGORITHMS:
         raise ValueError(f"{op}: `algorithm` must be one of {ALGORITHMS}; got {algorithm!r}.")
     budget = check_max_buffer_bytes(op, max_buffer_bytes)
@@ -578,7 +593,10 @@ def bind(
 
 def _xla_forward(x: jax.Array, w: jax.Array, plan: Plan, backend: str) -> jax.Array:
     """The forward of ``plan`` by the XLA lowering ``'auto'`` would take on ``backend`` without
-    the native kernels: how the native primitives lower off CPU and in ``jax.export``."""
+    the native kernels: how the native primitives lower off CPU and in ``jax.export`` (with
+    symbolic spatial sizes, ``'conv'``, as :func:`choose_algorithm` says)."""
+    if not plan.sizes_known:
+        return _lower(x, w, None, plan, "conv", None, None, None)
     algorithm = choose(plan, np.dtype(x.dtype).itemsize, backend, None, native=False).algorithm
     return _lower(x, w, None, plan, algorithm, None, None, None)
 

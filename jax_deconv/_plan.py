@@ -254,6 +254,11 @@ class Plan:
         )
 
     @property
+    def sizes_known(self) -> bool:
+        """Whether every spatial size is a number (not a symbolic size of ``jax.export``)."""
+        return all(isinstance(v, int) for v in (*self.in_spatial, *self.out_spatial))
+
+    @property
     def is_zero(self) -> bool:
         """True when no input reaches ``y`` (y = bias): every kept position lies past the end of
         the full output, or there are no input channels, or no examples (batch 0)."""
@@ -406,6 +411,12 @@ def make_plan(
         per_group = w_shape[1] if data_format == "NCHW" else w_shape[-1]
     else:
         w_kernel, per_group = None, -1
+    if w_kernel is not None and w_shape[0] == c_in and per_group == 0:
+        axis = 1 if data_format == "NCHW" else n + 1
+        raise ValueError(
+            f"{op}: `weight` has shape {w_shape}, whose axis {axis} (C_out/group in the layout {layout} of "
+            f"data_format={data_format!r}) is 0; the output channels per group must be at least 1."
+        )
     if w_kernel is None or w_shape[0] != c_in or per_group < 1 or min(w_kernel) < 1:
         expect = (c_in, "C_out/group", *kernel) if data_format == "NCHW" else (c_in, *kernel, "C_out/group")
         raise ValueError(

@@ -165,6 +165,14 @@ def _exchange(x: jax.Array, array_axis: int, axis_name: Any, devices: int, left:
     return lax.concatenate(parts, array_axis) if len(parts) > 1 else x
 
 
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
 def conv_transpose_halo(
     inputs: Sequence[jax.typing.ArrayLike],
     *,
@@ -209,6 +217,12 @@ def conv_transpose_halo(
       ((1, 4, 32, 16, 16), True)
     """
     x, w, b = unpack_inputs(_OP, inputs)
+    if isinstance(axis_name, list) or not _hashable(axis_name):
+        raise TypeError(
+            f"{_OP}: `axis_name` must be a mesh axis name (a str, or a tuple of names for several axes), as "
+            f"jax.shard_map binds it; got {type(axis_name).__name__} {axis_name!r}"
+            + (f": pass {tuple(axis_name)!r}." if isinstance(axis_name, list) else ".")
+        )
     try:
         devices = lax.axis_size(axis_name) if hasattr(lax, "axis_size") else lax.psum(1, axis_name)
     except NameError:
@@ -230,7 +244,7 @@ def conv_transpose_halo(
         output_padding=static_sizes(_OP, "output_padding", output_padding),
         output_shape=static_sizes(_OP, "output_shape", output_shape), data_format=data_format, op=_OP,
     )
-    x, w, b = promote(x, w, b)
+    x, w, b = promote(x, w, b, _OP)
     preferred = check_preferred(_OP, preferred_element_type, x.dtype)
     apply = bind(_OP, plan, algorithm, precision, preferred, x.dtype, max_buffer_bytes)
     reason = halo_fits(plan, axis, devices)

@@ -174,3 +174,98 @@ def test_explicit_native_beyond_three_spatial_axes_is_refused_by_name():
     with pytest.raises(ValueError, match=r"conv_transpose: algorithm='native' would need the native kernels, which "
                                          r"cannot run it: .*(4 spatial axes \(the kernels take at most 3\)|load)"):
         conv_transpose([x, w], kernel_shape=2, algorithm="native")
+
+
+# ---------------------------------------------------------------- how the work is visited and split
+
+OUTER_AXIS_CASES = {  # NHWC x shape, weight shape (C_in, K.., Cg_out), arguments
+    "2-D, long kernel on the first axis, gcd(s, d) = 2": (
+        (2, 23, 3, 2), (2, 17, 2, 3), dict(kernel_shape=(17, 2), strides=(6, 1), dilations=(4, 1), pads=(5, 0, 3, 1))),
+    "3-D, both outer axes strided and dilated": (
+        (1, 5, 6, 4, 3), (3, 5, 4, 2, 2), dict(kernel_shape=(5, 4, 2), strides=(3, 2, 2), dilations=(2, 3, 1),
+                                                pads=1, output_padding=(1, 0, 1))),
+    "3-D, stride 4 dilation 6, SAME": (
+        (2, 4, 3, 5, 2), (2, 3, 3, 3, 2), dict(kernel_shape=3, strides=(4, 4, 1), dilations=(6, 6, 1),
+                                                padding="SAME", output_shape=(13, 10, 7))),
+    "1-D, batch 1, long (cut in segments over the threads)": (
+        (1, 300, 3), (3, 5, 2), dict(kernel_shape=5, strides=3, dilations=2, pads=4)),
+    "2-D, batch 1, one row of x": (
+        (1, 1, 257, 2), (2, 1, 3, 4), dict(kernel_shape=(1, 3), strides=2, pads=(0, 1, 0, 1))),
+    "3-D, 1x1x1 kernel (weight gradient split over positions)": ((1, 6, 7, 9, 3), (3, 1, 1, 1, 2),
+                                                                  dict(kernel_shape=1)),
+}
+
+
+@needs_kernels
+@pytest.mark.parametrize("name", OUTER_AXIS_CASES)
+def test_native_maps_against_the_reference(name):
+    """Forward, dx and dw in float64 against the reference, on the shapes where the kernels
+    enumerate (position, tap) pairs arithmetically (stride and dilation sharing a factor, a long
+    kernel on a large stride) and where they cut rows in segments or the weight gradient over
+    positions to use every thread."""
+    from reference import reference_vjp
+
+    x_shape, w_shape, args = OUTER_AXIS_CASES[name]
+    jax.config.update("jax_enable_x64", True)
+    try:
+        rng = np.random.default_rng(11)
+        x, w = rng.standard_normal(x_shape), rng.standard_normal(w_shape)
+        kwargs = dict(args, data_format="NHWC")
+        want = reference(x, w, **kwargs)
+        gy = rng.standard_normal(want.shape)
+        def f(x, w):
+            return conv_transpose([x, w], algorithm="native", **kwargs)
+
+        y, vjp = jax.vjp(jax.jit(f), x, w)
+        dx, dw = vjp(gy)
+        want_dx, want_dw = reference_vjp(x, w, gy, **kwargs)
+        np.testing.assert_allclose(y, want, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dx, want_dx, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(dw, want_dw, rtol=1e-12, atol=1e-12)
+    finally:
+        jax.config.update("jax_enable_x64", False)
+
+
+def _geometry(x_shape, w_shape, **args):
+    from jax_deconv import conv_transpose_plan
+    from jax_deconv._native import Geometry
+
+    plan = conv_transpose_plan(x_shape, w_shape, data_format="NHWC", **args)
+    return [int(v) for v in Geometry.of(plan).as_attribute()]
+
+
+@needs_kernels
+def test_batch_1_calls_and_1x1_kernels_are_split_over_every_thread():
+    """Forward and dx cut rows into segments when a call has fewer rows than 4 per thread
+    (a batch-1 1-D call had one item: one thread); dw splits x's positions between threads
+    when there are fewer weight blocks than threads (a 1x1 kernel had one)."""
+    from jax_deconv._native import _kernels
+
+    one_d = _geometry((1, 4096, 8), (8, 4, 8), kernel_shape=4, strides=2, pads=1)
+    for threads in (2, 8):
+        items, segment, _ = _kernels.split("forward", one_d, threads)
+        assert items >= 4 * threads and segment * items >= 8192
+        items, segment, _ = _kernels.split("dx", one_d, threads)
+        assert items >= 4 * threads and segment * items >= 4096
+    assert _kernels.split("forward", one_d, 1)[0] == 4  # a row in 4 chunks of at least 16 positions
+    big = _geometry((64, 16, 16, 8), (8, 3, 3, 8), kernel_shape=3)
+    assert _kernels.split("forward", big, 2)[:2] == (64 * 18, 18)  # enough rows: whole rows
+    one_by_one = _geometry((1, 32, 32, 32, 8), (8, 1, 1, 1, 8), kernel_shape=1)
+    tasks, _, blocks = _kernels.split("dw", one_by_one, 2)
+    assert (tasks, blocks) == (2, 2)
+    tasks, _, blocks = _kernels.split("dw", _geometry((1, 8, 8, 8, 8), (8, 3, 3, 3, 8), kernel_shape=3), 2)
+    assert (tasks, blocks) == (2, 1)  # 27 weight blocks: one task per thread, no partial sums
+
+
+def test_auto_leaves_runs_of_tiny_products_to_xla():
+    """A kernel of 1024 taps on the first axis of a one-channel 2-D call: the native kernels would
+    run 2 M matrix products of one multiply-add each (16 ns apiece: 32 ms where 'gemm' takes
+    1 ms); 'auto' takes the XLA choice. An ordinary layer keeps the kernels."""
+    from jax_deconv import choose_algorithm, conv_transpose_plan
+
+    plan = conv_transpose_plan((1, 2000, 1, 1), (1, 1024, 1, 1), kernel_shape=(1024, 1), strides=(256, 1),
+                               data_format="NHWC")
+    assert choose_algorithm(plan, "float32", "cpu") == "gemm"
+    layer = conv_transpose_plan((1, 16, 16, 16, 32), (32, 3, 3, 3, 32), kernel_shape=3, strides=2,
+                                data_format="NHWC")
+    assert choose_algorithm(layer, "float32", "cpu") == ("native" if NATIVE else "gemm")

@@ -20,7 +20,6 @@ from support import ALGORITHMS
 
 import jax_deconv
 from jax_deconv import (
-    ConvTranspose2d,
     ConvTranspose3d,
     choose_algorithm,
     conv1d_transpose,
@@ -161,22 +160,6 @@ def test_16_bit_inputs_accumulate_in_float32(algorithm):
     assert np.linalg.norm(np.asarray(y, np.float64) - want) / np.linalg.norm(want) < 5e-3
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda x, w: conv2d_transpose([x, w]),
-        lambda x, w: functional.conv_transpose2d(x, w),
-        lambda x, w: dlax.conv_transpose(x, jnp.ones((3, 3, 2, 2)), (1, 1), "SAME"),
-        lambda x, w: ConvTranspose2d(weight=w, bias=None, kernel_shape=3)(x),
-        lambda x, w: onnx_conv_transpose([x, w]),
-    ],
-)
-def test_complex_inputs_are_refused_with_the_workaround(call):
-    x, w = jnp.ones((1, 2, 4, 4), jnp.complex64), jnp.ones((2, 2, 3, 3))
-    with pytest.raises(TypeError, match=r"got complex64: complex inputs are not supported .* four real calls"):
-        call(x, w)
-
-
 # ---------------------------------------------------------------- 6. messages and entry points
 
 
@@ -224,6 +207,93 @@ def test_choose_algorithm_validates_its_arguments():
         kwargs = {"plan": plan, "dtype": "float32", **change}
         with pytest.raises(exc, match=pattern):
             choose_algorithm(**kwargs)
+
+
+# ---------------------------------------------------------------- round 4: messages
+
+
+@pytest.mark.parametrize(
+    "call,pattern",
+    [
+        (lambda: conv1d_transpose([jnp.ones((1, 2, 3), jnp.float8_e4m3fn), jnp.ones((2, 1, 3), jnp.float8_e5m2)]),
+         r"conv1d_transpose: `inputs` have dtypes with no common dtype to compute in \(x float8_e4m3fn, weight "
+         r"float8_e5m2\).*cast them to one dtype"),
+        (lambda: conv1d_transpose([jnp.ones((1, 2, 3), jnp.bfloat16), jnp.ones((2, 1, 3), jnp.float8_e4m3fn)]),
+         r"`inputs` have dtypes with no common dtype .*\(x bfloat16, weight float8_e4m3fn\)"),
+        (lambda: functional.conv_transpose1d(jnp.ones((1, 2, 3), jnp.float8_e4m3fn), jnp.ones((2, 1, 3)),
+                                             bias=jnp.ones(1, jnp.float8_e5m2)),
+         r"conv_transpose1d: `inputs` have dtypes with no common dtype .*bias float8_e5m2"),
+        (lambda: conv1d_transpose([jnp.ones((1, 2, 3), jnp.bfloat16), jnp.ones((2, 1, 3), jnp.bfloat16)],
+                                  preferred_element_type=jnp.float8_e4m3fn),
+         r"conv1d_transpose: `preferred_element_type` must be at least as wide as the inputs' dtype bfloat16"),
+    ],
+)
+def test_float8_mixes_are_refused_naming_the_inputs(call, pattern):
+    """JAX's own TypePromotionError named no argument."""
+    with pytest.raises(TypeError, match=pattern):
+        call()
+
+
+@pytest.mark.parametrize("layout,w_shape,axis", [("NCHW", (2, 0, 3), 1), ("NHWC", (2, 3, 0), 2)])
+def test_weight_with_no_output_channels_says_so(layout, w_shape, axis):
+    x = jnp.ones((1, 2, 4)) if layout == "NCHW" else jnp.ones((1, 4, 2))
+    with pytest.raises(ValueError, match=rf"conv1d_transpose: `weight` has shape \({w_shape[0]}, .*axis {axis} "
+                                         r"\(C_out/group .*\) is 0; the output channels per group must be at least 1"):
+        conv1d_transpose([x, jnp.ones(w_shape)], data_format=layout)
+
+
+def test_halo_axis_name_given_as_a_list_is_refused_by_name():
+    from jax_deconv import conv_transpose_halo
+
+    with pytest.raises(TypeError, match=r"conv_transpose_halo: `axis_name` must be a mesh axis name .*got list "
+                                        r"\['z'\]: pass \('z',\)"):
+        conv_transpose_halo([jnp.ones((1, 2, 4)), jnp.ones((2, 1, 3))], axis_name=["z"])
+
+
+@pytest.mark.parametrize("algorithm", ["native", "gemm"])
+def test_explicit_algorithms_export_with_a_symbolic_spatial_size(algorithm):
+    """They failed inside the cost model (JAX's InconclusiveDimensionOperation): the exported
+    program (the XLA lowering for 'native'; 'gemm' without steps) gives the eager answer."""
+    from jax import export
+
+    if algorithm == "native" and "native" not in ALGORITHMS:
+        pytest.skip("the native kernels are not built here")
+
+    def f(x, w):
+        return jnp.sum(conv2d_transpose([x, w], kernel_shape=3, strides=2, pads=1, algorithm=algorithm) ** 2)
+
+    g = jax.jit(jax.value_and_grad(f, (0, 1)))
+    x = jax.ShapeDtypeStruct(export.symbolic_shape("n, 4, h, 6"), jnp.float32)
+    exported = export.export(g)(x, jax.ShapeDtypeStruct((4, 2, 3, 3), jnp.float32))
+    rng = np.random.default_rng(8)
+    xv, wv = rng.standard_normal((2, 4, 5, 6)).astype(np.float32), rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
+    for got, want in zip(jax.tree.leaves(exported.call(xv, wv)), jax.tree.leaves(g(xv, wv))):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.skipif(not jax_deconv.native_kernels(), reason="the native kernels are not built here")
+def test_isa_request_by_the_names_the_library_prints():
+    """JAX_DECONV_ISA takes every name native_kernels() reports ('x86-64 baseline' was ignored)
+    and warns, naming the value, when it names none or one that cannot run here."""
+    code = "import jax_deconv; print(jax_deconv.native_kernels())"
+
+    def run(value: str) -> subprocess.CompletedProcess:
+        env = dict(os.environ, JAX_DECONV_ISA=value)
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+
+    running = jax_deconv.native_kernels()
+    out = run(running)
+    assert out.stdout.strip() == running and "RuntimeWarning" not in out.stderr
+    if running != "portable C++":
+        out = run("x86-64 baseline")
+        assert out.stdout.strip() == "x86-64 baseline" and "RuntimeWarning" not in out.stderr, out.stderr
+    out = run("avx-9000")
+    assert out.stdout.strip() == running
+    assert "JAX_DECONV_ISA='avx-9000' names no instruction set of the native kernels" in out.stderr
+    assert f"running {running!r}" in out.stderr
+    if running != "portable C++":
+        out = run("portable C++")
+        assert "JAX_DECONV_ISA='portable C++': the native kernels cannot run it" in out.stderr
 
 
 def test_export_with_symbolic_spatial_size_and_output_shape_is_refused_by_name():

@@ -6,12 +6,15 @@ Cg_out)``. Three primitives compute its three linear maps, each a C++ kernel:
 
 * ``forward_p(x, wf) -> y``: the transposed convolution;
 * ``dx_p(dy, wf) -> dx``: its transpose in ``x`` (a strided correlation of ``dy``);
-* ``dw_p(x, dy) -> dwf``: its transpose in the weight.
+* ``dw_p(x, dy) -> dwf``: its transpose in the weight;
+* ``forward_bias_p(x, wf, b) -> y``: the forward with the bias added in its accumulator, before
+  the one rounding (bfloat16 results are rounded once, not twice).
 
-Each is bilinear, and the transposes of each are the other two, as for
+The first three are bilinear, and the transposes of each are the other two, as for
 ``lax.conv_general_dilated``; so ``grad``, ``vjp``, ``jvp``, ``jacfwd``, ``hessian`` and
-``linearize`` need no other rule. ``vmap`` folds a mapped ``x`` (or ``dy``) into the batch and
-maps anything else with ``lax.map``.
+``linearize`` need no other rule. ``forward_bias_p`` has a JVP rule made of the others (its
+tangent in ``b`` broadcast in float32 at least, so the bias gradient is summed in float32).
+``vmap`` folds a mapped ``x`` (or ``dy``) into the batch and maps anything else with ``lax.map``.
 
 Lowering: on CPU, with the kernels built, a custom call to them; everywhere else, and in
 ``jax.export`` (whose programs must carry no custom call), the same maps in plain XLA, through
@@ -76,8 +79,31 @@ def _load_kernels() -> tuple[Any, str]:
     return None, reason
 
 
+ISA_NAMES = ("avx512bf16", "avx512f", "avx2+fma", "x86-64 baseline", "baseline", "portable C++")
+"""What ``JAX_DECONV_ISA`` may name: the instruction sets :func:`native_kernels` reports, and
+``'baseline'`` for the lowest one. The kernels run the named one if this processor has it."""
+
+
+def _check_isa_request(running: str) -> None:
+    """Warn when ``JAX_DECONV_ISA`` names no instruction set, or one that is not what runs."""
+    import warnings
+
+    wanted = os.environ.get("JAX_DECONV_ISA")
+    if wanted is None:
+        return
+    if wanted not in ISA_NAMES:
+        warnings.warn(
+            f"jax_deconv: JAX_DECONV_ISA={wanted!r} names no instruction set of the native kernels (one of "
+            f"{', '.join(map(repr, ISA_NAMES))}); ignored: running {running!r}.", RuntimeWarning, stacklevel=2)
+    elif wanted != running and not (wanted == "baseline" and running in ("x86-64 baseline", "portable C++")):
+        warnings.warn(
+            f"jax_deconv: JAX_DECONV_ISA={wanted!r}: the native kernels cannot run it on this processor (or "
+            f"this build); running {running!r}.", RuntimeWarning, stacklevel=2)
+
+
 _kernels, UNAVAILABLE_BECAUSE = _load_kernels()
 if _kernels is not None:
+    _check_isa_request(_kernels.isa())
     for _name, _capsule in _kernels.handlers().items():
         jax.ffi.register_ffi_target(f"jax_deconv_{_name}", _capsule, platform="cpu")
 
@@ -172,11 +198,12 @@ class Geometry:
 forward_p = Primitive("jax_deconv_native_forward")
 dx_p = Primitive("jax_deconv_native_dx")
 dw_p = Primitive("jax_deconv_native_dw")
-_RESULT = {forward_p: "y", dx_p: "x", dw_p: "w"}
+forward_bias_p = Primitive("jax_deconv_native_forward_bias")
+_RESULT = {forward_p: "y", dx_p: "x", dw_p: "w", forward_bias_p: "y"}
 
 
 def _abstract(prim: Primitive):
-    def rule(a, b, *, geometry: Geometry):
+    def rule(a, *_, geometry: Geometry):
         # Inside shard_map, the result varies over the manual axes its operands vary over
         # (:func:`_bind` makes both operands vary over the same ones) and is unsharded within.
         sharding = jax.sharding.NamedSharding(a.sharding.mesh, jax.sharding.PartitionSpec())
@@ -190,20 +217,20 @@ def _varying(value: Any) -> frozenset:
     return frozenset(getattr(getattr(jax.typeof(value), "manual_axis_type", None), "varying", ()))
 
 
-def _bind(prim: Primitive, a: Any, b: Any, geometry: Geometry) -> jax.Array:
-    """``prim.bind`` with both operands varying over the same manual axes, as JAX's own
+def _bind(prim: Primitive, *operands: Any, geometry: Geometry) -> jax.Array:
+    """``prim.bind`` with every operand varying over the same manual axes, as JAX's own
     primitives have them (a device's block of x with a weight replicated over its axis)."""
-    va, vb = _varying(a), _varying(b)
-    if va - vb:
-        b = lax.pcast(b, tuple(sorted(va - vb)), to="varying")
-    if vb - va:
-        a = lax.pcast(a, tuple(sorted(vb - va)), to="varying")
-    return prim.bind(a, b, geometry=geometry)
+    every = frozenset().union(*map(_varying, operands))
+    operands = tuple(
+        lax.pcast(v, tuple(sorted(every - _varying(v))), to="varying") if every - _varying(v) else v
+        for v in operands
+    )
+    return prim.bind(*operands, geometry=geometry)
 
 
 def _impl(prim: Primitive):
-    def impl(a, b, *, geometry: Geometry):  # outside jit: compile the one primitive
-        return jax.jit(prim.bind, static_argnames="geometry")(a, b, geometry=geometry)
+    def impl(*operands, geometry: Geometry):  # outside jit: compile the one primitive
+        return jax.jit(prim.bind, static_argnames="geometry")(*operands, geometry=geometry)
 
     return impl
 
@@ -215,35 +242,62 @@ for _prim in _RESULT:
 # Transposes: each map's transpose in either operand is one of the other two.
 ad.defbilinear(
     forward_p,
-    lambda ct, x, wf, *, geometry: _bind(dx_p, ct, wf, geometry),
-    lambda ct, x, wf, *, geometry: _bind(dw_p, x, ct, geometry),
+    lambda ct, x, wf, *, geometry: _bind(dx_p, ct, wf, geometry=geometry),
+    lambda ct, x, wf, *, geometry: _bind(dw_p, x, ct, geometry=geometry),
 )
 ad.defbilinear(
     dx_p,
-    lambda ct, dy, wf, *, geometry: _bind(forward_p, ct, wf, geometry),
-    lambda ct, dy, wf, *, geometry: _bind(dw_p, ct, dy, geometry),
+    lambda ct, dy, wf, *, geometry: _bind(forward_p, ct, wf, geometry=geometry),
+    lambda ct, dy, wf, *, geometry: _bind(dw_p, ct, dy, geometry=geometry),
 )
 ad.defbilinear(
     dw_p,
-    lambda ct, x, dy, *, geometry: _bind(dx_p, dy, ct, geometry),
-    lambda ct, x, dy, *, geometry: _bind(forward_p, x, ct, geometry),
+    lambda ct, x, dy, *, geometry: _bind(dx_p, dy, ct, geometry=geometry),
+    lambda ct, x, dy, *, geometry: _bind(forward_p, x, ct, geometry=geometry),
 )
+
+
+def _wide(dtype: Any) -> Any:
+    """The dtype a bias is added in: float32 for 16-bit values, else their own."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _forward_bias_jvp(primals, tangents, *, geometry: Geometry):
+    x, wf, b = primals
+    tx, twf, tb = tangents
+    y = _bind(forward_bias_p, x, wf, b, geometry=geometry)
+    parts = []
+    if type(tx) is not ad.Zero:
+        parts.append(_bind(forward_p, tx, wf, geometry=geometry))
+    if type(twf) is not ad.Zero:
+        parts.append(_bind(forward_p, x, twf, geometry=geometry))
+    if type(tb) is not ad.Zero:  # its transpose sums the cotangent in float32 at least
+        parts.append(jnp.broadcast_to(tb.astype(_wide(tb.dtype)), y.shape).astype(y.dtype))
+    if not parts:  # (JAX calls the rule with at least one tangent)
+        return y, jnp.zeros_like(y)
+    tangent = parts[0]
+    for part in parts[1:]:
+        tangent = tangent + part
+    return y, tangent
+
+
+ad.primitive_jvps[forward_bias_p] = _forward_bias_jvp
 
 
 def _batch(prim: Primitive):
     def rule(args, dims, *, geometry: Geometry):
-        a, b = args
-        da, db = dims
-        if db is None and prim is not dw_p:  # a mapped x or dy: more examples
+        a, *rest = args
+        da, *drest = dims
+        if all(d is None for d in drest) and prim is not dw_p:  # a mapped x or dy: more examples
             a = jnp.moveaxis(a, da, 0)
             size, n = a.shape[0], geometry.batch
             wide = dataclasses.replace(geometry, batch=size * n)
-            out = _bind(prim, a.reshape(size * n, *a.shape[2:]), b, wide)
+            out = _bind(prim, a.reshape(size * n, *a.shape[2:]), *rest, geometry=wide)
             return out.reshape(size, n, *out.shape[1:]), 0
-        size = a.shape[da] if da is not None else b.shape[db]
-        a = jnp.moveaxis(a, da, 0) if da is not None else jnp.broadcast_to(a, (size, *a.shape))
-        b = jnp.moveaxis(b, db, 0) if db is not None else jnp.broadcast_to(b, (size, *b.shape))
-        return lax.map(lambda ab: _bind(prim, ab[0], ab[1], geometry), (a, b)), 0
+        size = next(v.shape[d] for v, d in zip(args, dims) if d is not None)
+        args = [jnp.moveaxis(v, d, 0) if d is not None else jnp.broadcast_to(v, (size, *v.shape))
+                for v, d in zip(args, dims)]
+        return lax.map(lambda vs: _bind(prim, *vs, geometry=geometry), tuple(args)), 0
 
     return rule
 
@@ -263,7 +317,7 @@ def set_xla_forward(forward: Callable[[jax.Array, jax.Array, Plan, str], jax.Arr
     _XLA_FORWARD[:] = [forward]
 
 
-def _xla_map(prim: Primitive, geometry: Geometry, backend: str) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def _xla_map(prim: Primitive, geometry: Geometry, backend: str) -> Callable[..., jax.Array]:
     """``prim``'s map in plain XLA: the registered forward on the canonical plan, and its VJPs."""
     plan = geometry.plan()
     shapes, canonical = geometry.shapes(), geometry.shapes(canonical=True)
@@ -275,34 +329,44 @@ def _xla_map(prim: Primitive, geometry: Geometry, backend: str) -> Callable[[jax
 
     if prim is forward_p:
         return forward
+    if prim is forward_bias_p:  # 16-bit: the product and the bias added in float32, rounded once
+        return lambda x, wf, b: _add_bias_wide(forward, x, wf, b)
     if prim is dx_p:
         return lambda dy, wf: jax.vjp(lambda x: forward(x, wf), jnp.zeros(shapes["x"], dy.dtype))[1](dy)[0]
     return lambda x, dy: jax.vjp(lambda wf: forward(x, wf), jnp.zeros(shapes["w"], x.dtype))[1](dy)[0]
 
 
-def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[[jax.Array, jax.Array], jax.Array]:
+def _add_bias_wide(forward: Callable[[jax.Array, jax.Array], jax.Array], x, wf, b) -> jax.Array:
+    wide = _wide(x.dtype)
+    return (forward(x.astype(wide), wf.astype(wide)) + b.astype(wide)).astype(x.dtype)
+
+
+_TARGETS = {forward_p: "jax_deconv_forward", forward_bias_p: "jax_deconv_forward_bias", dx_p: "jax_deconv_dx",
+            dw_p: "jax_deconv_dw"}
+
+
+def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[..., jax.Array]:
     result = geometry.shapes()[_RESULT[prim]]
     attribute = geometry.as_attribute()
 
-    def call(a, b):
+    def call(a, b, *rest):
         if prim is dx_p:  # the input gradient's kernel reads the weight as (G, K.., Cg_out, Cg_in)
-            target, b = "jax_deconv_dx", jnp.swapaxes(b, -1, -2)
-        else:
-            target = "jax_deconv_forward" if prim is forward_p else "jax_deconv_dw"
-        return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(result, a.dtype))(a, b, geometry=attribute)
+            b = jnp.swapaxes(b, -1, -2)
+        return jax.ffi.ffi_call(_TARGETS[prim], jax.ShapeDtypeStruct(result, a.dtype))(a, b, *rest,
+                                                                                       geometry=attribute)
 
     return call
 
 
 def _lowering(prim: Primitive, native: bool):
-    def rule(ctx, a, b, *, geometry: Geometry):
+    def rule(ctx, *operands, geometry: Geometry):
         for_export = getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
         dtype = ctx.avals_in[0].dtype
         if native and AVAILABLE and not for_export and dtype in DTYPES and _nonempty(geometry):
             fn = _ffi_map(prim, geometry)
         else:
             fn = _xla_map(prim, geometry, "cpu" if native else "gpu")
-        return mlir.lower_fun(fn, multiple_results=False)(ctx, a, b)
+        return mlir.lower_fun(fn, multiple_results=False)(ctx, *operands)
 
     return rule
 
@@ -320,11 +384,12 @@ for _prim in _RESULT:
 # --------------------------------------------------------------------------- the operator
 
 
-def conv_transpose(x: jax.Array, w: jax.Array, plan: Plan) -> jax.Array:
-    """``plan``'s transposed convolution (no bias) through the native primitives.
+def conv_transpose(x: jax.Array, w: jax.Array, plan: Plan, b: jax.Array | None = None) -> jax.Array:
+    """``plan``'s transposed convolution through the native primitives, plus ``b`` if given
+    (added before the result is rounded).
 
-    ``x`` and ``w`` in the plan's layout and one of :data:`DTYPES` (the caller widens float16);
-    at most :data:`MAX_NDIM` spatial axes.
+    ``x``, ``w`` and ``b`` in the plan's layout and one dtype of :data:`DTYPES` (the caller
+    widens float16); at most :data:`MAX_NDIM` spatial axes.
     """
     geometry = Geometry.of(plan)
     g = plan.group
@@ -334,7 +399,10 @@ def conv_transpose(x: jax.Array, w: jax.Array, plan: Plan) -> jax.Array:
         w = jnp.moveaxis(w, 1, -1)  # (C_in, K.., Cg_out)
     w = w.reshape(g, plan.in_channels // g, *plan.kernel, plan.out_channels // g)
     wf = jnp.moveaxis(w, 1, -2).reshape(shapes["w"])  # (G, K.., Cg_in, Cg_out)
-    y = _bind(forward_p, x.reshape(shapes["x"]), wf, geometry)
+    if b is None:
+        y = _bind(forward_p, x.reshape(shapes["x"]), wf, geometry=geometry)
+    else:
+        y = _bind(forward_bias_p, x.reshape(shapes["x"]), wf, b, geometry=geometry)
     y = y.reshape(plan.batch, *plan.out_spatial, plan.out_channels)
     return jnp.moveaxis(y, -1, 1) if plan.data_format == "NCHW" else y
 

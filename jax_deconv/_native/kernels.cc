@@ -76,25 +76,78 @@ bool read_geometry(ffi::Span<const int64_t> v, Geometry* geo) {
 }
 
 JD_INLINE int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+JD_INLINE int64_t ceil_div(int64_t a, int64_t b) { return -floor_div(-a, b); }
 
-// The input positions p in [0, size) whose tap q lands inside [0, out): o = s*p + d*q - pb.
+// The input positions p in [0, size) whose tap q lands inside the output window [o_lo, o_hi),
+// o = s*p + d*q - pb: along the last axis, one small matrix product.
 struct Run {
   int64_t lo, hi, o0;  // p in [lo, hi); p = lo lands at o0
 };
 
-JD_INLINE Run run_of(int64_t size, int64_t out, int64_t s, int64_t dq, int64_t pb) {
-  int64_t lo = std::max<int64_t>(0, -floor_div(dq - pb, s));  // ceil((pb - dq) / s)
-  int64_t hi = std::min<int64_t>(size, floor_div(out - 1 + pb - dq, s) + 1);
+JD_INLINE Run run_of(int64_t size, int64_t o_lo, int64_t o_hi, int64_t s, int64_t dq, int64_t pb) {
+  const int64_t lo = std::max<int64_t>(0, ceil_div(o_lo + pb - dq, s));
+  const int64_t hi = std::min<int64_t>(size, floor_div(o_hi - 1 + pb - dq, s) + 1);
   return Run{lo, hi, s * lo + dq - pb};
 }
 
-// The input position whose tap q lands on output position o, or -1.
-JD_INLINE int64_t source_of(int64_t o, int64_t size, int64_t s, int64_t dq, int64_t pb) {
-  int64_t t = o + pb - dq;
-  if (t < 0 || t % s) return -1;
-  t /= s;
-  return t < size ? t : -1;
+// A run cut to the input positions [lo, hi).
+JD_INLINE Run clip(const Run& r, int64_t lo, int64_t hi, int64_t s) {
+  const int64_t a = std::max(r.lo, lo), b = std::min(r.hi, hi);
+  return Run{a, b, r.o0 + s * (a - r.lo)};
 }
+
+// Taps of one axis, an arithmetic range: q = first + i * step, i < count.
+struct Taps {
+  int64_t first, step, count;
+};
+
+// One of the outer spatial axes and which (position, tap) pairs meet along it, enumerated
+// without visiting the pairs that do not (a long kernel on a large stride meets few).
+struct Axis {
+  int64_t size, out, k, s, d, pb;
+  int64_t common, step, inverse;  // gcd(s, d); s / gcd; the inverse of d / gcd modulo step
+
+  Axis(int64_t size, int64_t out, int64_t k, int64_t s, int64_t d, int64_t pb)
+      : size(size), out(out), k(k), s(s), d(d), pb(pb) {
+    int64_t a = s, b = d;
+    while (b) {
+      const int64_t r = a % b;
+      a = b;
+      b = r;
+    }
+    common = a;
+    step = s / common;
+    int64_t r0 = (d / common) % step, r1 = step, t0 = 1, t1 = 0;  // extended Euclid
+    while (r1) {
+      const int64_t q = r0 / r1;
+      r0 -= q * r1;
+      std::swap(r0, r1);
+      t0 -= q * t1;
+      std::swap(t0, t1);
+    }
+    inverse = (t0 % step + step) % step;
+  }
+
+  // The taps that reach output position o: d*q = o + pb (mod s), source inside [0, size).
+  JD_INLINE Taps reaching(int64_t o) const {
+    const int64_t t = o + pb;  // >= 0
+    if (t % common) return Taps{0, 1, 0};
+    const int64_t residue = int64_t(static_cast<__int128>((t / common) % step) * inverse % step);
+    const int64_t lo = std::max<int64_t>(0, ceil_div(t - s * (size - 1), d));
+    const int64_t hi = std::min<int64_t>(k - 1, t / d);
+    const int64_t first = lo + ((residue - lo) % step + step) % step;
+    return Taps{first, step, first > hi ? 0 : (hi - first) / step + 1};
+  }
+  JD_INLINE int64_t source(int64_t o, int64_t q) const { return (o + pb - d * q) / s; }
+
+  // The taps through which input position p reaches the output [0, out).
+  JD_INLINE Taps reached(int64_t p) const {
+    const int64_t lo = std::max<int64_t>(0, ceil_div(pb - s * p, d));
+    const int64_t hi = std::min<int64_t>(k - 1, floor_div(out - 1 + pb - s * p, d));
+    return Taps{lo, 1, lo > hi ? 0 : hi - lo + 1};
+  }
+  JD_INLINE int64_t target(int64_t p, int64_t q) const { return s * p + d * q - pb; }
+};
 
 // bfloat16 as stored: the high half of a float32. Inputs widen exactly; results are rounded to
 // nearest-even once, from the float32 accumulator.
@@ -301,19 +354,26 @@ struct Dp {
 };
 #endif
 
-// The f32 accumulator of a row that is stored in a narrower type: its own buffer, rounded into
-// the output at the end; when the output is the accumulator's type, the output itself.
+// The accumulator of a row stored in a narrower type: its own float32 buffer, rounded into the
+// output at the end; when the output is the accumulator's type, the output itself.
 template <typename TX, typename T>
 struct RowAccumulator {
   std::unique_ptr<T[]> buffer;
   explicit RowAccumulator(int64_t size) {
     if constexpr (!std::is_same_v<TX, T>) buffer.reset(new T[size]);
   }
-  T* begin(TX* row, int64_t size) {
+  // `positions` x `channels` sums, starting from the bias (one value per channel) or zero: +0.0
+  // either way, so a zero result is +0.0 (docs/limits.md).
+  T* begin(TX* row, int64_t positions, int64_t channels, const TX* bias) {
     T* acc;
     if constexpr (std::is_same_v<TX, T>) acc = row;
     else acc = buffer.get();
-    std::memset(static_cast<void*>(acc), 0, sizeof(T) * size);
+    if (bias) {
+      for (int64_t p = 0; p < positions; ++p)
+        for (int64_t c = 0; c < channels; ++c) acc[p * channels + c] = widen(bias[c]) + T(0);  // -0.0 -> +0.0
+    } else {
+      std::memset(static_cast<void*>(acc), 0, sizeof(T) * positions * channels);
+    }
     return acc;
   }
   void finish(TX* row, int64_t size) {
@@ -322,168 +382,236 @@ struct RowAccumulator {
   }
 };
 
+template <typename TX, typename T>
+JD_INLINE TX round_to(T v) {
+  if constexpr (std::is_same_v<TX, T>) return v;
+  else return to_bf16(v);
+}
+
+// Long sums without the error of one running sum. The running sums (level 0) take at most
+// about kLeafTerms terms per element; then they are added into level 1, which takes kFan of
+// them, and so on up. The rounding error grows like kLeafTerms + kFan * log(n) instead of n:
+// the weight gradient's sums run over every position of every example (2^20 and more).
+constexpr int64_t kLeafTerms = 256, kFan = 16;
+
+template <typename T>
+class Cascade {
+ public:
+  explicit Cascade(int64_t size) : size_(size) { grow(); }
+  T* sums() const { return levels_[0].get(); }
+  // Level 0 took `terms` more terms per element.
+  void took(int64_t terms) {
+    if ((counts_[0] += terms) < kLeafTerms) return;
+    for (size_t l = 0;; ++l) {
+      if (l + 1 == levels_.size()) grow();
+      T* from = levels_[l].get();
+      T* to = levels_[l + 1].get();
+      for (int64_t i = 0; i < size_; ++i) to[i] += from[i];
+      std::fill(from, from + size_, T(0));
+      counts_[l] = 0;
+      if (++counts_[l + 1] < kFan) return;
+    }
+  }
+  // out[i] = the whole sum of element i, rounded to TX once.
+  template <typename TX>
+  void total(TX* out) const {
+    for (int64_t i = 0; i < size_; ++i) {
+      T sum = levels_[0][i];
+      for (size_t l = 1; l < levels_.size(); ++l) sum += levels_[l][i];
+      out[i] = round_to<TX>(sum);
+    }
+  }
+
+ private:
+  void grow() {
+    levels_.emplace_back(new T[size_]());
+    counts_.push_back(0);
+  }
+  int64_t size_;
+  std::vector<std::unique_ptr<T[]>> levels_;
+  std::vector<int64_t> counts_;
+};
+
 // ---------------------------------------------------------------------------- the three maps
 
-// Forward, output rows (n, od) for item = n * OD + od; wf holds a block per (group, tap).
+// One task of a map. Forward and dx: items [begin, end) are (row of the result, segment of
+// `segment` positions along its last axis). dw: items are (group, tap) weight blocks, summed
+// over the row units [u0, u1) of x (a unit: one row of x cut to `segment` positions); the
+// sums go to `partial` (T, all items' blocks, when several tasks share an item) or, rounded,
+// straight into dw. bias: the forward's C_out values, added before the one rounding.
+struct Work {
+  int64_t begin, end, segment;
+  int64_t u0 = 0, u1 = 0;
+  void* partial = nullptr;
+  const void* bias = nullptr;
+};
+
+// Forward: item = ((n * OD + od) * OH + oh) * segments + segment; wf: a block per (group, tap).
 template <typename Gemm, typename TX>
 JD_INLINE void forward_rows(const Geometry& geo, const TX* x, const typename Gemm::B* wf, int64_t block, TX* y,
-                            int64_t begin, int64_t end) {
+                            const Work& work) {
   const int64_t cin = geo.cin(), cout = geo.cout();
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
   const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
-  const int64_t row = OH * OW * cout;
-  RowAccumulator<TX, typename Gemm::Acc> rows(row);
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t n = item / OD, od = item % OD;
-    TX* yrow = y + item * row;
-    auto* acc = rows.begin(yrow, row);
-    for (int64_t qd = 0; qd < KD; ++qd) {
-      const int64_t pd = source_of(od, D, geo.s[0], geo.d[0] * qd, geo.pb[0]);
-      if (pd < 0) continue;
-      for (int64_t oh = 0; oh < OH; ++oh) {
-        for (int64_t qh = 0; qh < KH; ++qh) {
-          const int64_t ph = source_of(oh, H, geo.s[1], geo.d[1] * qh, geo.pb[1]);
-          if (ph < 0) continue;
-          for (int64_t qw = 0; qw < KW; ++qw) {
-            const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
-            if (r.lo >= r.hi) continue;
-            const TX* xrow = x + (((n * D + pd) * H + ph) * W + r.lo) * cin;
-            auto* out = acc + (oh * OW + r.o0) * cout;
-            for (int64_t g = 0; g < geo.g; ++g) {
-              const auto* w = wf + (((g * KD + qd) * KH + qh) * KW + qw) * block;
-              Gemm::run(r.hi - r.lo, geo.cgi, geo.cgo, xrow + g * geo.cgi, cin, w, out + g * geo.cgo,
-                        geo.s[2] * cout);
-            }
+  const Axis depth(D, OD, KD, geo.s[0], geo.d[0], geo.pb[0]), height(H, OH, KH, geo.s[1], geo.d[1], geo.pb[1]);
+  const int64_t seg = work.segment, segments = (OW + seg - 1) / seg;
+  const TX* bias = static_cast<const TX*>(work.bias);
+  RowAccumulator<TX, typename Gemm::Acc> rows(seg * cout);
+  for (int64_t item = work.begin; item < work.end; ++item) {
+    const int64_t row = item / segments, o_lo = item % segments * seg, o_hi = std::min(OW, o_lo + seg);
+    const int64_t oh = row % OH, od = row / OH % OD, n = row / (OH * OD);
+    TX* yrow = y + (row * OW + o_lo) * cout;
+    auto* acc = rows.begin(yrow, o_hi - o_lo, cout, bias);
+    const Taps td = depth.reaching(od), th = height.reaching(oh);
+    for (int64_t i = 0; i < td.count; ++i) {
+      const int64_t qd = td.first + i * td.step, pd = depth.source(od, qd);
+      for (int64_t j = 0; j < th.count; ++j) {
+        const int64_t qh = th.first + j * th.step, ph = height.source(oh, qh);
+        for (int64_t qw = 0; qw < KW; ++qw) {
+          const Run r = run_of(W, o_lo, o_hi, geo.s[2], geo.d[2] * qw, geo.pb[2]);
+          if (r.lo >= r.hi) continue;
+          const TX* xrow = x + (((n * D + pd) * H + ph) * W + r.lo) * cin;
+          auto* out = acc + (r.o0 - o_lo) * cout;
+          for (int64_t g = 0; g < geo.g; ++g) {
+            const auto* w = wf + (((g * KD + qd) * KH + qh) * KW + qw) * block;
+            Gemm::run(r.hi - r.lo, geo.cgi, geo.cgo, xrow + g * geo.cgi, cin, w, out + g * geo.cgo,
+                      geo.s[2] * cout);
           }
         }
       }
     }
-    rows.finish(yrow, row);
+    rows.finish(yrow, (o_hi - o_lo) * cout);
   }
 }
 
-// Input gradient, rows (n, pd) for item = n * D + pd; wt holds a block per (group, tap) of the
-// transposed weight (Cg_out x Cg_in).
+// Input gradient: item = ((n * D + pd) * H + ph) * segments + segment; wt: a block per (group,
+// tap) of the transposed weight (Cg_out x Cg_in).
 template <typename Gemm, typename TX>
 JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B* wt, int64_t block, TX* dx,
-                       int64_t begin, int64_t end) {
+                       const Work& work) {
   const int64_t cin = geo.cin(), cout = geo.cout();
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
   const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
-  const int64_t row = H * W * cin;
-  RowAccumulator<TX, typename Gemm::Acc> rows(row);
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t n = item / D, pd = item % D;
-    TX* xrow = dx + item * row;
-    auto* acc = rows.begin(xrow, row);
-    for (int64_t qd = 0; qd < KD; ++qd) {
-      const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
-      if (od < 0 || od >= OD) continue;
-      for (int64_t ph = 0; ph < H; ++ph) {
-        for (int64_t qh = 0; qh < KH; ++qh) {
-          const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
-          if (oh < 0 || oh >= OH) continue;
-          for (int64_t qw = 0; qw < KW; ++qw) {
-            const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
-            if (r.lo >= r.hi) continue;
-            const TX* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout;
-            auto* out = acc + (ph * W + r.lo) * cin;
-            for (int64_t g = 0; g < geo.g; ++g) {
-              const auto* w = wt + (((g * KD + qd) * KH + qh) * KW + qw) * block;
-              Gemm::run(r.hi - r.lo, geo.cgo, geo.cgi, dyrow + g * geo.cgo, geo.s[2] * cout, w, out + g * geo.cgi,
-                        cin);
-            }
+  const Axis depth(D, OD, KD, geo.s[0], geo.d[0], geo.pb[0]), height(H, OH, KH, geo.s[1], geo.d[1], geo.pb[1]);
+  const int64_t seg = work.segment, segments = (W + seg - 1) / seg;
+  RowAccumulator<TX, typename Gemm::Acc> rows(seg * cin);
+  for (int64_t item = work.begin; item < work.end; ++item) {
+    const int64_t row = item / segments, p_lo = item % segments * seg, p_hi = std::min(W, p_lo + seg);
+    const int64_t ph = row % H, pd = row / H % D, n = row / (H * D);
+    TX* xrow = dx + (row * W + p_lo) * cin;
+    auto* acc = rows.begin(xrow, p_hi - p_lo, cin, nullptr);
+    const Taps td = depth.reached(pd), th = height.reached(ph);
+    for (int64_t i = 0; i < td.count; ++i) {
+      const int64_t qd = td.first + i, od = depth.target(pd, qd);
+      for (int64_t j = 0; j < th.count; ++j) {
+        const int64_t qh = th.first + j, oh = height.target(ph, qh);
+        for (int64_t qw = 0; qw < KW; ++qw) {
+          const Run r = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
+          if (r.lo >= r.hi) continue;
+          const TX* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout;
+          auto* out = acc + (r.lo - p_lo) * cin;
+          for (int64_t g = 0; g < geo.g; ++g) {
+            const auto* w = wt + (((g * KD + qd) * KH + qh) * KW + qw) * block;
+            Gemm::run(r.hi - r.lo, geo.cgo, geo.cgi, dyrow + g * geo.cgo, geo.s[2] * cout, w, out + g * geo.cgi,
+                      cin);
           }
         }
       }
     }
-    rows.finish(xrow, row);
+    rows.finish(xrow, (p_hi - p_lo) * cin);
   }
 }
 
-// The runs a chunk [begin, end) of weight-gradient items (g, qd, qh, qw) reads: for each row
-// (n, pd, ph) of x, outer, and each item whose tap lands that row inside the output, calls
-// visit(row, first, item, g, run, dy_row), with row = (n*D + pd)*H + ph, dy_row = (n*OD + od)*OH
-// + oh and first true at a row's first call. Rows outer: each is read once per chunk while it
-// is in cache (items outer would stream all of x and dy once per tap).
-template <typename Visit>
-JD_INLINE void dw_runs(const Geometry& geo, int64_t begin, int64_t end, const Visit& visit) {
+// The runs a weight-gradient task reads. For each row unit u in [u0, u1) of x (row (n, pd, ph),
+// positions [p_lo, p_hi)), outer, and each item (g, qd, qh, qw) in [begin, end) whose tap lands
+// that row inside the output: visit(row, p_lo, p_hi, first, item, g, run, dy_row), with dy_row =
+// (n*OD + od)*OH + oh and first true at a unit's first call; then done(p_hi - p_lo), the most
+// terms a unit adds to a sum. Units outer: each is read once per task while it is in cache.
+template <typename Visit, typename Done>
+JD_INLINE void dw_runs(const Geometry& geo, const Work& work, const Visit& visit, const Done& done) {
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
   const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
-  for (int64_t n = 0; n < geo.n; ++n)
-    for (int64_t pd = 0; pd < D; ++pd)
-      for (int64_t ph = 0; ph < H; ++ph) {
-        bool first = true;
-        for (int64_t item = begin; item < end; ++item) {
-          const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD;
-          const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
-          const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
-          if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
-          const Run r = run_of(W, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]);
-          if (r.lo >= r.hi) continue;
-          visit((n * D + pd) * H + ph, first, item, item / (KW * KH * KD), r, (n * OD + od) * OH + oh);
-          first = false;
-        }
-      }
+  const int64_t seg = work.segment, segments = (W + seg - 1) / seg;
+  for (int64_t u = work.u0; u < work.u1; ++u) {
+    const int64_t row = u / segments, p_lo = u % segments * seg, p_hi = std::min(W, p_lo + seg);
+    const int64_t ph = row % H, pd = row / H % D, n = row / (H * D);
+    bool first = true;
+    for (int64_t item = work.begin; item < work.end; ++item) {
+      const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD;
+      const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
+      const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
+      if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
+      const Run r = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
+      if (r.lo >= r.hi) continue;
+      visit(row, p_lo, p_hi, first, item, item / (KW * KH * KD), r, (n * OD + od) * OH + oh);
+      first = false;
+    }
+    done(p_hi - p_lo);
+  }
+}
+
+// The sums of a weight-gradient task, into `partial` (T) or rounded into dw.
+template <typename TX, typename T>
+JD_INLINE void dw_store(const Cascade<T>& sums, const Geometry& geo, TX* dw, const Work& work) {
+  const int64_t offset = work.begin * geo.cgi * geo.cgo;
+  if (work.partial) sums.total(static_cast<T*>(work.partial) + offset);
+  else sums.total(dw + offset);
 }
 
 // Weight gradient, items (g, qd, qh, qw) in that order; T accumulates.
 template <typename TX, typename T, int VB>
-JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, int64_t begin, int64_t end) {
+JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, const Work& work) {
   const int64_t cin = geo.cin(), cout = geo.cout(), W = geo.in[2], OW = geo.out[2];
   const int64_t size = geo.cgi * geo.cgo;
-  RowAccumulator<TX, T> blocks((end - begin) * size);
-  T* acc = blocks.begin(dw + begin * size, (end - begin) * size);
+  Cascade<T> sums((work.end - work.begin) * size);
   constexpr bool narrow = !std::is_same_v<TX, T>;
-  std::unique_ptr<T[]> wide(narrow ? new T[W * cin] : nullptr);  // a row of x, widened once
-  const auto visit = [&](int64_t row, bool first, int64_t item, int64_t g, const Run& r,
-                         int64_t dy_row) JD_LAMBDA_INLINE {
+  std::unique_ptr<T[]> wide(narrow ? new T[work.segment * cin] : nullptr);  // a unit of x, widened once
+  const auto visit = [&](int64_t row, int64_t p_lo, int64_t p_hi, bool first, int64_t item, int64_t g,
+                         const Run& r, int64_t dy_row) JD_LAMBDA_INLINE {
     const TX* xrow = x + row * W * cin;
     const TX* dyrun = dy + (dy_row * OW + r.o0) * cout + g * geo.cgo;
-    T* out = acc + (item - begin) * size;
+    T* out = sums.sums() + (item - work.begin) * size;
     // dw[q] (Cg_in x Cg_out) += x_run^T . dy_run: x read transposed, positions as the sum
     if constexpr (!narrow) {
       gemm<TX, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, xrow + r.lo * cin + g * geo.cgi, 1, cin, dyrun,
                           geo.s[2] * cout, out, geo.cgo);
     } else {  // x's elements are read one at a time: widened first
       if (first)
-        for (int64_t i = 0; i < W * cin; ++i) wide[i] = widen(xrow[i]);
-      gemm<T, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, wide.get() + r.lo * cin + g * geo.cgi, 1, cin, dyrun,
-                         geo.s[2] * cout, out, geo.cgo);
+        for (int64_t i = p_lo * cin; i < p_hi * cin; ++i) wide[i - p_lo * cin] = widen(xrow[i]);
+      gemm<T, TX, T, VB>(geo.cgi, r.hi - r.lo, geo.cgo, wide.get() + (r.lo - p_lo) * cin + g * geo.cgi, 1, cin,
+                         dyrun, geo.s[2] * cout, out, geo.cgo);
     }
   };
-  dw_runs(geo, begin, end, visit);
-  blocks.finish(dw + begin * size, (end - begin) * size);
+  dw_runs(geo, work, visit, [&](int64_t terms) JD_LAMBDA_INLINE { sums.took(terms); });
+  dw_store(sums, geo, dw, work);
 }
 
 #ifdef JD_DPBF16
 // The bfloat16 weight gradient with vdpbf16ps. Its sum runs over positions, so both operands are
-// packed as pairs of consecutive positions: each row of x once (pairs starting at even and at
-// odd positions: a run starts at either), each run of dy per tap. Rows outer, as in dw_items.
+// packed as pairs of consecutive positions: each unit of x once (pairs starting at even and at
+// odd positions: a run starts at either), each run of dy per tap. Units outer, as in dw_items.
 template <int VB>
-JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, int64_t begin,
-                                int64_t end) {
+JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, const Work& work) {
   const int64_t cin = geo.cin(), cout = geo.cout(), W = geo.in[2], OW = geo.out[2];
-  const int64_t size = geo.cgi * geo.cgo, w2 = W / 2 + 1, n32 = (geo.cgo + 31) / 32 * 32;
-  RowAccumulator<bf16, float> blocks((end - begin) * size);
-  float* acc = blocks.begin(dw + begin * size, (end - begin) * size);
-  // xp[parity][k2 * cin + c] = (x[parity + 2 k2, c], x[parity + 2 k2 + 1, c]), zero past W
+  const int64_t size = geo.cgi * geo.cgo, w2 = work.segment / 2 + 1, n32 = (geo.cgo + 31) / 32 * 32;
+  Cascade<float> sums((work.end - work.begin) * size);
+  // xp[parity][k2 * cin + c] = (x[p_lo + parity + 2 k2, c], x[p_lo + parity + 2 k2 + 1, c]), zero past p_hi
   std::unique_ptr<uint32_t[]> xp(new uint32_t[2 * w2 * cin]);
   std::unique_ptr<uint32_t[]> dyp(new uint32_t[w2 * n32]());
-  const auto visit = [&](int64_t row, bool first, int64_t item, int64_t g, const Run& r,
-                         int64_t dy_row) JD_LAMBDA_INLINE {
+  const auto visit = [&](int64_t row, int64_t p_lo, int64_t p_hi, bool first, int64_t item, int64_t g,
+                         const Run& r, int64_t dy_row) JD_LAMBDA_INLINE {
     if (first) {
       const bf16* xrow = x + row * W * cin;
       for (int64_t parity = 0; parity < 2; ++parity)
         for (int64_t k2 = 0; k2 < w2; ++k2) {
-          const int64_t p = parity + 2 * k2;
+          const int64_t p = p_lo + parity + 2 * k2;
           uint32_t* to = xp.get() + (parity * w2 + k2) * cin;
           for (int64_t c = 0; c < cin; ++c)
-            to[c] = (p < W ? uint32_t(xrow[p * cin + c].bits) : 0u) |
-                    (p + 1 < W ? uint32_t(xrow[(p + 1) * cin + c].bits) << 16 : 0u);
+            to[c] = (p < p_hi ? uint32_t(xrow[p * cin + c].bits) : 0u) |
+                    (p + 1 < p_hi ? uint32_t(xrow[(p + 1) * cin + c].bits) << 16 : 0u);
         }
     }
     const int64_t len = r.hi - r.lo, step = geo.s[2] * cout;
@@ -496,24 +624,24 @@ JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* 
       else
         for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits);
     }
-    const uint32_t* a = xp.get() + ((r.lo & 1) * w2 + r.lo / 2) * cin + g * geo.cgi;
+    const int64_t at = r.lo - p_lo;
+    const uint32_t* a = xp.get() + ((at & 1) * w2 + at / 2) * cin + g * geo.cgi;
     gemm_dp(geo.cgi, len, geo.cgo, reinterpret_cast<const bf16*>(a), 2, 2 * cin, dyp.get(),
-            acc + (item - begin) * size, geo.cgo);
+            sums.sums() + (item - work.begin) * size, geo.cgo);
   };
-  dw_runs(geo, begin, end, visit);
-  blocks.finish(dw + begin * size, (end - begin) * size);
+  dw_runs(geo, work, visit, [&](int64_t terms) JD_LAMBDA_INLINE { sums.took(terms); });
+  dw_store(sums, geo, dw, work);
 }
 #endif
 
 template <int VB>
-JD_INLINE void dw_items_widen(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, int64_t begin,
-                              int64_t end) {
-  dw_items<bf16, float, VB>(geo, x, dy, dw, begin, end);
+JD_INLINE void dw_items_widen(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, const Work& work) {
+  dw_items<bf16, float, VB>(geo, x, dy, dw, work);
 }
 
 // One entry per (map, dtype), compiled once per ISA; `kernels` is the set chosen at load time.
 // forward and dx read their weight operand prepared by `prepare_weight` (blocks of `block`).
-using MapFn = void (*)(const Geometry&, const void*, const void*, int64_t, void*, int64_t, int64_t);
+using MapFn = void (*)(const Geometry&, const void*, const void*, int64_t, void*, const Work&);
 
 struct KernelSet {
   const char* isa;
@@ -521,41 +649,38 @@ struct KernelSet {
   bool pairs;  // the bfloat16 forward and dx read their weight as vdpbf16ps pairs (else float32)
 };
 
-#define JD_MAPS(ATTR, NAME, ISA, VB, GEMM16, DW16)                                                                       \
-  template <typename Gemm>                                                                                  \
-  ATTR void forward_##NAME(const Geometry& g, const void* a, const void* b, int64_t k, void* c, int64_t i,   \
-                           int64_t j) {                                                                     \
-    using X = typename Gemm::A;                                                                             \
-    forward_rows<Gemm, X>(g, static_cast<const X*>(a), static_cast<const typename Gemm::B*>(b), k,          \
-                          static_cast<X*>(c), i, j);                                                        \
-  }                                                                                                         \
-  template <typename Gemm>                                                                                  \
-  ATTR void dx_##NAME(const Geometry& g, const void* a, const void* b, int64_t k, void* c, int64_t i,        \
-                      int64_t j) {                                                                          \
-    using X = typename Gemm::A;                                                                             \
-    dx_rows<Gemm, X>(g, static_cast<const X*>(a), static_cast<const typename Gemm::B*>(b), k,               \
-                     static_cast<X*>(c), i, j);                                                             \
-  }                                                                                                         \
-  template <typename X, typename T>                                                                         \
-  ATTR void dw_##NAME(const Geometry& g, const void* a, const void* b, int64_t, void* c, int64_t i,          \
-                      int64_t j) {                                                                          \
-    dw_items<X, T, VB>(g, static_cast<const X*>(a), static_cast<const X*>(b), static_cast<X*>(c), i, j);    \
-  }                                                                                                         \
-  ATTR void dw16_##NAME(const Geometry& g, const void* a, const void* b, int64_t, void* c, int64_t i,         \
-                        int64_t j) {                                                                        \
-    DW16<VB>(g, static_cast<const bf16*>(a), static_cast<const bf16*>(b), static_cast<bf16*>(c), i, j);     \
-  }                                                                                                         \
-  const KernelSet kernels_##NAME = {                                                                        \
-      ISA,                                                                                                  \
-      forward_##NAME<Fma<float, float, float, VB>>,                                                         \
-      dx_##NAME<Fma<float, float, float, VB>>,                                                              \
-      dw_##NAME<float, float>,                                                                              \
-      forward_##NAME<Fma<double, double, double, VB>>,                                                      \
-      dx_##NAME<Fma<double, double, double, VB>>,                                                           \
-      dw_##NAME<double, double>,                                                                            \
-      forward_##NAME<GEMM16>,                                                                               \
-      dx_##NAME<GEMM16>,                                                                                    \
-      dw16_##NAME,                                                                                          \
+#define JD_MAPS(ATTR, NAME, ISA, VB, GEMM16, DW16)                                                            \
+  template <typename Gemm>                                                                                    \
+  ATTR void forward_##NAME(const Geometry& g, const void* a, const void* b, int64_t k, void* c,                \
+                           const Work& work) {                                                                \
+    using X = typename Gemm::A;                                                                               \
+    forward_rows<Gemm, X>(g, static_cast<const X*>(a), static_cast<const typename Gemm::B*>(b), k,            \
+                          static_cast<X*>(c), work);                                                          \
+  }                                                                                                           \
+  template <typename Gemm>                                                                                    \
+  ATTR void dx_##NAME(const Geometry& g, const void* a, const void* b, int64_t k, void* c, const Work& work) { \
+    using X = typename Gemm::A;                                                                               \
+    dx_rows<Gemm, X>(g, static_cast<const X*>(a), static_cast<const typename Gemm::B*>(b), k,                 \
+                     static_cast<X*>(c), work);                                                               \
+  }                                                                                                           \
+  template <typename X, typename T>                                                                           \
+  ATTR void dw_##NAME(const Geometry& g, const void* a, const void* b, int64_t, void* c, const Work& work) {   \
+    dw_items<X, T, VB>(g, static_cast<const X*>(a), static_cast<const X*>(b), static_cast<X*>(c), work);      \
+  }                                                                                                           \
+  ATTR void dw16_##NAME(const Geometry& g, const void* a, const void* b, int64_t, void* c, const Work& work) {  \
+    DW16<VB>(g, static_cast<const bf16*>(a), static_cast<const bf16*>(b), static_cast<bf16*>(c), work);       \
+  }                                                                                                           \
+  const KernelSet kernels_##NAME = {                                                                          \
+      ISA,                                                                                                    \
+      forward_##NAME<Fma<float, float, float, VB>>,                                                           \
+      dx_##NAME<Fma<float, float, float, VB>>,                                                                \
+      dw_##NAME<float, float>,                                                                                \
+      forward_##NAME<Fma<double, double, double, VB>>,                                                        \
+      dx_##NAME<Fma<double, double, double, VB>>,                                                             \
+      dw_##NAME<double, double>,                                                                              \
+      forward_##NAME<GEMM16>,                                                                                 \
+      dx_##NAME<GEMM16>,                                                                                      \
+      dw16_##NAME,                                                                                            \
       std::is_same_v<typename GEMM16::B, uint32_t>};
 
 // bfloat16 widened to float32 as read (processors without AVX512-BF16)
@@ -574,18 +699,19 @@ JD_MAPS(, baseline, "x86-64 baseline", 16, Widen<16>, dw_items_widen)
 JD_MAPS(, baseline, "portable C++", 16, Widen<16>, dw_items_widen)
 #endif
 
-// The best set this processor runs, or the one JAX_DECONV_ISA names if the processor has it.
+// The best set this processor runs, or the one JAX_DECONV_ISA names if the processor has it (the
+// names `isa()` reports; 'baseline' too). Python warns when the name is unknown or not run here.
 const KernelSet* choose_kernels() {
+  const char* wanted = std::getenv("JAX_DECONV_ISA");
+  const std::string want = wanted ? wanted : "";
 #ifdef JD_X86
   __builtin_cpu_init();
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  const char* wanted = std::getenv("JAX_DECONV_ISA");
-  const std::string want = wanted ? wanted : "";
-  if (want == "baseline") return &kernels_baseline;
-  if (want == "avx2+fma" && avx2) return &kernels_avx2;
-  if (want == "avx512f" && avx512) return &kernels_avx512;
+  if (want == "baseline" || want == kernels_baseline.isa) return &kernels_baseline;
+  if (want == kernels_avx2.isa && avx2) return &kernels_avx2;
+  if (want == kernels_avx512.isa && avx512) return &kernels_avx512;
 #ifdef JD_DPBF16
   if (avx512 && __builtin_cpu_supports("avx512bf16")) return &kernels_avx512bf16;
 #endif
@@ -650,24 +776,87 @@ int64_t prepare_weight(const bf16* w, int64_t blocks, int64_t K, int64_t N, bool
   return K2 * n32;
 }
 
+// The positions per segment that cut `rows` rows of `length` positions into about `wanted`
+// items (whole rows when there are enough of them; segments of at least 16 positions).
+int64_t segment_for(int64_t rows, int64_t length, int64_t wanted) {
+  if (rows >= wanted) return length;
+  const int64_t segments = std::min(ceil_div(wanted, rows), std::max<int64_t>(1, length / 16));
+  return ceil_div(length, segments);
+}
+
+// How a call is cut into tasks for `threads` threads. Forward and dx: one Work over all items,
+// rows of the result cut along the last axis when there are fewer than 4 rows per thread (a
+// batch-1 1-D or 2-D call), which parallel_for takes in chunks of 4 per thread. dw: (group, tap)
+// items in blocks over the threads and, when there are fewer items than threads (a 1x1 kernel),
+// the row units of x in `unit_blocks` blocks as well, each task with its own sums (`partial`),
+// added at the end; at most 256 MiB of such sums.
+struct Split {
+  std::vector<Work> tasks;
+  int64_t unit_blocks = 1;
+};
+
+Split split_work(Map map, const Geometry& geo, int64_t threads, int64_t accumulator) {
+  Split split;
+  const int64_t taps = geo.k[0] * geo.k[1] * geo.k[2];
+  if (map == Map::kDw) {
+    const int64_t W = geo.in[2], seg = ceil_div(W, ceil_div(W, kLeafTerms / 2));
+    const int64_t items = geo.g * taps, units = geo.n * geo.in[0] * geo.in[1] * ceil_div(W, seg);
+    const int64_t item_blocks = std::min(items, threads);
+    const int64_t bytes = std::max<int64_t>(1, items * geo.cgi * geo.cgo * accumulator);
+    const int64_t wanted = items >= threads ? 1 : std::min(units, ceil_div(threads, items));
+    split.unit_blocks = std::max<int64_t>(1, std::min(wanted, (int64_t(256) << 20) / bytes));
+    for (int64_t i = 0; i < item_blocks; ++i)
+      for (int64_t u = 0; u < split.unit_blocks; ++u) {
+        Work w{i * items / item_blocks, (i + 1) * items / item_blocks, seg};
+        w.u0 = u * units / split.unit_blocks;
+        w.u1 = (u + 1) * units / split.unit_blocks;
+        split.tasks.push_back(w);
+      }
+  } else {
+    const bool fw = map == Map::kForward;
+    const int64_t rows = geo.n * (fw ? geo.out[0] * geo.out[1] : geo.in[0] * geo.in[1]);
+    const int64_t length = fw ? geo.out[2] : geo.in[2];
+    const int64_t seg = segment_for(rows, length, 4 * threads);
+    split.tasks.push_back(Work{0, rows * ceil_div(length, seg), seg});
+  }
+  return split;
+}
+
+// The sums of the tasks that shared the weight gradient's items, added in a fixed order and
+// rounded once.
+template <typename TX, typename T>
+void add_partials(const T* partial, int64_t parts, int64_t count, TX* dw, int64_t begin, int64_t end) {
+  for (int64_t i = begin; i < end; ++i) {
+    T sum = partial[i];
+    for (int64_t r = 1; r < parts; ++r) sum += partial[r * count + i];
+    dw[i] = round_to<TX>(sum);
+  }
+}
+
 template <Map kMap>
-ffi::Error run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> out,
-               ffi::Span<const int64_t> geometry) {
+ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const ffi::AnyBuffer* bias,
+               ffi::Result<ffi::AnyBuffer> out, ffi::Span<const int64_t> geometry) {
   Geometry geo;
   if (!read_geometry(geometry, &geo)) return ffi::Error::InvalidArgument("jax_deconv native: bad geometry");
   const ffi::DataType type = a.element_type();
-  if (b.element_type() != type || out->element_type() != type)
+  if (b.element_type() != type || out->element_type() != type || (bias && bias->element_type() != type))
     return ffi::Error::InvalidArgument("jax_deconv native: operands of different dtypes");
+  if (bias && int64_t(bias->element_count()) != geo.cout())
+    return ffi::Error::InvalidArgument("jax_deconv native: the bias must hold C_out values");
   const int64_t taps = geo.k[0] * geo.k[1] * geo.k[2];
-  const int64_t items = kMap == Map::kForward ? geo.n * geo.out[0]
-                        : kMap == Map::kDx    ? geo.n * geo.in[0]
-                                              : geo.g * taps;
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   const KernelSet& set = *kernels;
   MapFn fn = nullptr;
   const void* weight = b.untyped_data();
   int64_t block = geo.cgi * geo.cgo;
   std::vector<float> wide;
   std::vector<uint32_t> packed;
+  std::vector<char> partial;  // the weight gradient's per-task sums, when tasks share items
+  const int64_t accumulator = type == ffi::DataType::F64 ? 8 : 4;
+  const Split split = split_work(kMap, geo, threads, accumulator);
+  std::vector<Work> tasks = split.tasks;
+  const int64_t unit_blocks = split.unit_blocks, weight_count = geo.g * taps * geo.cgi * geo.cgo;
+  if (bias) tasks[0].bias = bias->untyped_data();
   try {
     if (type == ffi::DataType::F32) {
       fn = kMap == Map::kForward ? set.forward32 : kMap == Map::kDx ? set.dx32 : set.dw32;
@@ -683,40 +872,86 @@ ffi::Error run(ffi::ThreadPool pool, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::Re
     } else {
       return ffi::Error::InvalidArgument("jax_deconv native: only float32, float64 and bfloat16");
     }
+    if (unit_blocks > 1) {  // tasks (item block i, unit block u) in order: each unit block its own sums
+      partial.resize(size_t(unit_blocks * weight_count * accumulator));
+      for (size_t t = 0; t < tasks.size(); ++t)
+        tasks[t].partial = partial.data() + (int64_t(t) % unit_blocks) * weight_count * accumulator;
+    }
   } catch (const std::bad_alloc&) {
     return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_deconv native: out of memory");
   }
   const void* pa = a.untyped_data();
   void* pc = out->untyped_data();
-  std::atomic<bool> failed{false};  // a row buffer that could not be allocated (never thrown across threads)
-  // Chunks of rows: 4 per thread, for balance; dw: one per thread, as each chunk reads all of x and dy.
-  parallel_for(
-      pool, items,
-      [&](int64_t i, int64_t j) {
-        try {
-          fn(geo, pa, weight, block, pc, i, j);
-        } catch (const std::bad_alloc&) {
-          failed = true;
-        }
-      },
-      kMap == Map::kDw ? 1 : 4);
+  std::atomic<bool> failed{false};  // a buffer that could not be allocated (never thrown across threads)
+  const auto guarded = [&](const auto& body) {
+    try {
+      body();
+    } catch (const std::bad_alloc&) {
+      failed = true;
+    }
+  };
+  if (kMap == Map::kDw) {
+    parallel_for(pool, int64_t(tasks.size()), [&](int64_t i, int64_t j) {
+      for (int64_t t = i; t < j; ++t) guarded([&] { fn(geo, pa, weight, block, pc, tasks[t]); });
+    }, 1);
+  } else {
+    const Work& all = tasks[0];
+    parallel_for(pool, all.end, [&](int64_t i, int64_t j) {
+      Work work = all;
+      work.begin = i;
+      work.end = j;
+      guarded([&] { fn(geo, pa, weight, block, pc, work); });
+    }, 4);
+  }
   if (failed) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_deconv native: out of memory");
+  if (unit_blocks > 1) {
+    const int64_t count = weight_count, parts = unit_blocks;
+    parallel_for(pool, count, [&](int64_t i, int64_t j) {
+      if (type == ffi::DataType::F64)
+        add_partials(reinterpret_cast<const double*>(partial.data()), parts, count, static_cast<double*>(pc), i, j);
+      else if (type == ffi::DataType::F32)
+        add_partials(reinterpret_cast<const float*>(partial.data()), parts, count, static_cast<float*>(pc), i, j);
+      else
+        add_partials(reinterpret_cast<const float*>(partial.data()), parts, count, static_cast<bf16*>(pc), i, j);
+    }, 1);
+  }
   return ffi::Error::Success();
+}
+
+ffi::Error forward(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wf, ffi::Result<ffi::AnyBuffer> y,
+                   ffi::Span<const int64_t> geometry) {
+  return run<Map::kForward>(pool, x, wf, nullptr, y, geometry);
+}
+
+ffi::Error forward_bias(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer wf, ffi::AnyBuffer bias,
+                        ffi::Result<ffi::AnyBuffer> y, ffi::Span<const int64_t> geometry) {
+  return run<Map::kForward>(pool, x, wf, &bias, y, geometry);
+}
+
+ffi::Error dx(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::AnyBuffer wt, ffi::Result<ffi::AnyBuffer> out,
+              ffi::Span<const int64_t> geometry) {
+  return run<Map::kDx>(pool, dy, wt, nullptr, out, geometry);
+}
+
+ffi::Error dw(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> out,
+              ffi::Span<const int64_t> geometry) {
+  return run<Map::kDw>(pool, x, dy, nullptr, out, geometry);
 }
 
 }  // namespace
 
-#define JD_BIND                             \
-  ffi::Ffi::Bind()                          \
-      .Ctx<ffi::ThreadPool>()               \
-      .Arg<ffi::AnyBuffer>()                \
-      .Arg<ffi::AnyBuffer>()                \
-      .Ret<ffi::AnyBuffer>()                \
+#define JD_BIND(...)                          \
+  ffi::Ffi::Bind()                            \
+      .Ctx<ffi::ThreadPool>()                 \
+      .Arg<ffi::AnyBuffer>()                  \
+      .Arg<ffi::AnyBuffer>() __VA_ARGS__      \
+      .Ret<ffi::AnyBuffer>()                  \
       .Attr<ffi::Span<const int64_t>>("geometry")
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JdForward, run<Map::kForward>, JD_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JdDx, run<Map::kDx>, JD_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JdDw, run<Map::kDw>, JD_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdForward, forward, JD_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdForwardBias, forward_bias, JD_BIND(.Arg<ffi::AnyBuffer>()));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdDx, dx, JD_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdDw, dw, JD_BIND());
 
 // ---------------------------------------------------------------------------- Python module
 
@@ -729,6 +964,7 @@ PyObject* handlers(PyObject*, PyObject*) {
     const char* name;
     void* fn;
   } entries[] = {{"forward", reinterpret_cast<void*>(JdForward)},
+                 {"forward_bias", reinterpret_cast<void*>(JdForwardBias)},
                  {"dx", reinterpret_cast<void*>(JdDx)},
                  {"dw", reinterpret_cast<void*>(JdDw)}};
   for (const auto& e : entries) {
@@ -745,9 +981,38 @@ PyObject* handlers(PyObject*, PyObject*) {
 
 PyObject* isa_name(PyObject*, PyObject*) { return PyUnicode_FromString(kernels->isa); }
 
+// split(map, geometry, threads) -> (items, segment, unit_blocks): how a call would be cut (tests).
+// items: forward and dx, rows x segments (taken in chunks); dw, its tasks.
+PyObject* split_of(PyObject*, PyObject* args) {
+  const char* name;
+  PyObject* sizes;
+  long long threads;
+  if (!PyArg_ParseTuple(args, "sOL", &name, &sizes, &threads)) return nullptr;
+  const std::string map = name;
+  std::vector<int64_t> values;
+  PyObject* seq = PySequence_Fast(sizes, "geometry must be a sequence");
+  if (!seq) return nullptr;
+  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); ++i)
+    values.push_back(PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i)));
+  Py_DECREF(seq);
+  if (PyErr_Occurred()) return nullptr;
+  Geometry geo;
+  if (!read_geometry(ffi::Span<const int64_t>(values.data(), values.size()), &geo) || threads < 1 ||
+      (map != "forward" && map != "dx" && map != "dw")) {
+    PyErr_SetString(PyExc_ValueError, "split: a map ('forward', 'dx', 'dw'), 22 sizes and threads >= 1");
+    return nullptr;
+  }
+  const Map m = map == "forward" ? Map::kForward : map == "dx" ? Map::kDx : Map::kDw;
+  const Split split = split_work(m, geo, threads, 4);
+  const Work& w = split.tasks.front();
+  const int64_t items = m == Map::kDw ? int64_t(split.tasks.size()) : w.end;
+  return Py_BuildValue("LLL", (long long)items, (long long)w.segment, (long long)split.unit_blocks);
+}
+
 PyMethodDef methods[] = {
     {"handlers", handlers, METH_NOARGS, "The FFI handlers: {'forward', 'dx', 'dw'} -> PyCapsule."},
     {"isa", isa_name, METH_NOARGS, "The instruction set the kernels run on this processor."},
+    {"split", split_of, METH_VARARGS, "How a call would be cut into tasks (tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_kernels", "jax_deconv's native CPU kernels (XLA FFI).", -1,
