@@ -406,10 +406,13 @@ def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer
     dtype = preferred or x.dtype  # never narrower than the inputs (check_preferred)
     if plan.is_zero:  # every kept position is past the end of the full output (or C_in == 0, or batch 0)
         y = jnp.zeros(plan.out_shape, jnp.promote_types(dtype, jnp.float32))
-    elif algorithm == "native" and dtype in native.DTYPES:
+    elif algorithm == "native":
         # bfloat16 is multiplied and accumulated in float32 inside the kernels, the bias added
-        # there too, and rounded once; every sum starts from +0.0
-        return native.conv_transpose(x.astype(dtype), w.astype(dtype), plan, None if b is None else b.astype(dtype))
+        # there too, and rounded once; float16 is widened to float32 and rounded once after;
+        # every sum starts from +0.0
+        wide = dtype if dtype in native.DTYPES else jnp.float32
+        y = native.conv_transpose(x.astype(wide), w.astype(wide), plan, None if b is None else b.astype(wide))
+        return y.astype(dtype)
     else:  # zeros are +0.0 in y and in the gradients, as the native kernels give them (_zero)
         y = _lower_xla(gradient_zero(x), gradient_zero(w), plan, algorithm, precision, preferred, max_buffer_bytes)
         y = positive_zero(y)
