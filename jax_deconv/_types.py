@@ -24,3 +24,10 @@ PADDINGS: tuple[str, ...] = get_args(Padding)
 DATA_FORMATS: tuple[str, ...] = get_args(DataFormat)
 ALGORITHMS: tuple[str, ...] = get_args(Algorithm)
 AUTO_PADS: tuple[str, ...] = get_args(AutoPad)
+
+ConvAlgorithm = Literal["auto", "native", "xla"]
+"""How the regular convolution (``jax_deconv.lax.conv_general_dilated``) runs: jax_deconv's
+native CPU kernels, XLA's own convolution, or ``'auto'`` (the kernels on CPU where they take the
+call)."""
+
+CONV_ALGORITHMS: tuple[str, ...] = get_args(ConvAlgorithm)

@@ -1,4 +1,5 @@
-"""Equinox drop-ins: ``ConvTranspose`` and ``ConvTranspose1d/2d/3d`` on jax_deconv's lowering.
+"""Equinox drop-ins: ``Conv`` and ``Conv1d/2d/3d`` on the native CPU kernels, ``ConvTranspose``
+and ``ConvTranspose1d/2d/3d`` on jax_deconv's lowering.
 
 Each subclasses Equinox's own class of the same name: the constructor (argument order and
 defaults), the fields, ``weight`` ``(C_out, C_in/groups, *kernel)`` and ``bias``
@@ -19,10 +20,50 @@ import jax
 import jax.numpy as jnp
 from jax import lax as _lax
 
+from jax_deconv._lax_conv import conv_general_dilated
 from jax_deconv._plan import equinox_crops
 from jax_deconv.lax import transpose_with_crops
 
-__all__ = ["ConvTranspose", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"]
+__all__ = ["Conv", "Conv1d", "Conv2d", "Conv3d", "ConvTranspose", "ConvTranspose1d", "ConvTranspose2d",
+           "ConvTranspose3d"]
+
+
+class Conv(eqx.nn.Conv):
+    """``equinox.nn.Conv`` computed by jax_deconv's native CPU kernels where they take the call
+    (:func:`jax_deconv.lax.conv_general_dilated`; same constructor, fields and results).
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax_deconv import equinox as deqx
+      >>> layer = deqx.Conv(3, 4, 8, kernel_size=3, padding=1, key=jax.random.key(0))
+      >>> layer(jnp.ones((4, 6, 6, 6))).shape
+      (8, 6, 6, 6)
+    """
+
+    def __call__(self, x: jax.Array, *, key: jax.Array | None = None) -> jax.Array:
+        """Apply to one example ``x`` of shape ``(C_in, S1..Sn)``; ``key`` is ignored."""
+        del key
+        n = self.num_spatial_dims
+        if x.ndim != n + 1:
+            raise ValueError(f"Conv: the input must have rank {n + 1} (C_in, *spatial); got shape {x.shape}.")
+        padding = self.padding
+        if self.padding_mode != "ZEROS":
+            x, padding = self._nonzero_pad(x), "VALID"
+        y = conv_general_dilated(x[None], self.weight, self.stride, padding, rhs_dilation=self.dilation,
+                                 feature_group_count=self.groups)[0]
+        return y + self.bias if self.use_bias and self.bias is not None else y
+
+
+class Conv1d(Conv, eqx.nn.Conv1d):
+    """``equinox.nn.Conv1d`` computed by jax_deconv (see :class:`Conv`)."""
+
+
+class Conv2d(Conv, eqx.nn.Conv2d):
+    """``equinox.nn.Conv2d`` computed by jax_deconv (see :class:`Conv`)."""
+
+
+class Conv3d(Conv, eqx.nn.Conv3d):
+    """``equinox.nn.Conv3d`` computed by jax_deconv (see :class:`Conv`)."""
 
 
 class ConvTranspose(eqx.nn.ConvTranspose):

@@ -1,4 +1,5 @@
-"""PyTorch-style ``conv_transpose1d/2d/3d`` (``torch.nn.functional``) on jax_deconv's lowering.
+"""PyTorch-style ``conv_transpose1d/2d/3d`` (``torch.nn.functional``) on jax_deconv's lowering,
+and ``conv1d/2d/3d`` on the native CPU kernels (:func:`jax_deconv.lax.conv_general_dilated`).
 
 Same arguments, order, defaults, weight layout and results as
 ``torch.nn.functional.conv_transposeNd``; arrays are JAX arrays. Switching is one import::
@@ -15,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 
 from jax_deconv._conv_transpose import _conv_transpose
 from jax_deconv._inputs import as_floating
+from jax_deconv._lax_conv import conv_general_dilated
 from jax_deconv._plan import _as_int, full_length, per_axis
 
-__all__ = ["conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
+__all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 
 IntOrTuple = int | Sequence[int]
 
@@ -153,3 +156,111 @@ def conv_transpose3d(
       (2, 6, 6, 6)
     """
     return _conv_transpose_nd(3, input, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+def _conv_nd(
+    n: int,
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    bias: jax.typing.ArrayLike | None,
+    stride: IntOrTuple,
+    padding: IntOrTuple | str,
+    dilation: IntOrTuple,
+    groups: int,
+) -> jax.Array:
+    op = f"conv{n}d"
+    x, w = as_floating(op, "input", input), as_floating(op, "weight", weight)
+    if x.ndim not in (n + 1, n + 2):
+        raise ValueError(f"{op}: `input` must be {n + 1}-D (unbatched) or {n + 2}-D (batched); got shape {x.shape}.")
+    if w.ndim != n + 2:
+        raise ValueError(f"{op}: `weight` must be {n + 2}-D (C_out, C_in/groups, *kernel); got shape {w.shape}.")
+    unbatched = x.ndim == n + 1
+    if unbatched:
+        x = x[None]
+    strides = per_axis(op, "stride", stride, n, 1)
+    dilations = per_axis(op, "dilation", dilation, n, 1)
+    groups = _as_int(op, "groups", groups, 1)
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:
+        raise ValueError(
+            f"{op}: `input` must have C_in = weight.shape[1] * groups (={w.shape[1]} * {groups}) channels and "
+            f"weight.shape[0] must be divisible by `groups`; got input shape {x.shape}, weight shape {w.shape}."
+        )
+    if isinstance(padding, str):
+        if padding not in ("valid", "same"):
+            raise ValueError(f"{op}: `padding` must be an int, {n} ints, 'valid' or 'same'; got {padding!r}.")
+        if padding == "same" and any(s != 1 for s in strides):
+            raise ValueError(f"{op}: padding='same' is not supported for strided convolutions (as in PyTorch); "
+                             f"got stride={stride!r}.")
+        totals = [d * (k - 1) if padding == "same" else 0 for k, d in zip(w.shape[2:], dilations)]
+        pads = [(t // 2, t - t // 2) for t in totals]
+    else:
+        pads = [(p, p) for p in per_axis(op, "padding", padding, n, 0)]
+    dtype = x.dtype if bias is None else jnp.result_type(x, w, as_floating(op, "bias", bias))
+    x, w = x.astype(jnp.result_type(x, w)), w.astype(jnp.result_type(x, w))
+    y = conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations, feature_group_count=groups)
+    if bias is not None:
+        y = (y + jnp.asarray(bias).reshape(-1, *(1,) * n)).astype(dtype)
+    return y[0] if unbatched else y
+
+
+def conv1d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    bias: jax.typing.ArrayLike | None = None,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+) -> jax.Array:
+    """``torch.nn.functional.conv1d`` in JAX, on the native CPU kernels where they take it.
+
+    ``input``: ``(N, C_in, W)`` or ``(C_in, W)``; ``weight``: ``(C_out, C_in/groups, K)``;
+    ``padding``: an int per axis (both sides), ``'valid'`` or ``'same'`` (stride 1), as PyTorch's.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jax_deconv import functional as F
+      >>> F.conv1d(jnp.arange(5.0).reshape(1, 1, 5), jnp.ones((1, 1, 3)), padding=1).tolist()
+      [[[1.0, 3.0, 6.0, 9.0, 7.0]]]
+    """
+    return _conv_nd(1, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv2d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    bias: jax.typing.ArrayLike | None = None,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+) -> jax.Array:
+    """``torch.nn.functional.conv2d`` in JAX (see :func:`conv1d`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jax_deconv import functional as F
+      >>> F.conv2d(jnp.ones((1, 4, 8, 8)), jnp.ones((6, 2, 3, 3)), stride=2, padding=1, groups=2).shape
+      (1, 6, 4, 4)
+    """
+    return _conv_nd(2, input, weight, bias, stride, padding, dilation, groups)
+
+
+def conv3d(
+    input: jax.typing.ArrayLike,
+    weight: jax.typing.ArrayLike,
+    bias: jax.typing.ArrayLike | None = None,
+    stride: IntOrTuple = 1,
+    padding: IntOrTuple | str = 0,
+    dilation: IntOrTuple = 1,
+    groups: int = 1,
+) -> jax.Array:
+    """``torch.nn.functional.conv3d`` in JAX (see :func:`conv1d`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from jax_deconv import functional as F
+      >>> F.conv3d(jnp.ones((2, 4, 6, 6, 6)), jnp.ones((8, 4, 3, 3, 3)), padding="same").shape
+      (2, 8, 6, 6, 6)
+    """
+    return _conv_nd(3, input, weight, bias, stride, padding, dilation, groups)

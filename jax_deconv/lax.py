@@ -1,4 +1,9 @@
-"""``jax_deconv.lax.conv_transpose``: ``jax.lax.conv_transpose`` on jax_deconv's lowering.
+"""``jax_deconv.lax``: ``jax.lax``'s convolutions on jax_deconv's lowerings.
+
+``conv_general_dilated``, ``conv`` and ``conv_with_general_padding`` (the regular convolution
+on the native CPU kernels) live in :mod:`jax_deconv._lax_conv`; ``conv_transpose`` here.
+
+``jax_deconv.lax.conv_transpose``: ``jax.lax.conv_transpose`` on jax_deconv's lowering.
 
 Same signature, defaults, dimension numbers and results as the installed
 ``jax.lax.conv_transpose``, plus ``feature_group_count`` (grouped transposed convolutions,
@@ -29,6 +34,7 @@ from jax import lax as _lax
 
 from jax_deconv._conv_transpose import _conv_transpose
 from jax_deconv._inputs import as_floating
+from jax_deconv._lax_conv import conv, conv_general_dilated, conv_with_general_padding
 from jax_deconv._plan import (
     MAX_ARGUMENT,
     MAX_ELEMENTS,
@@ -41,7 +47,7 @@ from jax_deconv._plan import (
 )
 from jax_deconv._types import Algorithm
 
-__all__ = ["conv_transpose"]
+__all__ = ["conv", "conv_general_dilated", "conv_transpose", "conv_with_general_padding"]
 
 _OP = "jax_deconv.lax.conv_transpose"
 _DEFAULT_DIMENSION_NUMBERS = {

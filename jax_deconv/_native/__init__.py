@@ -407,6 +407,13 @@ def conv_transpose(x: jax.Array, w: jax.Array, plan: Plan, b: jax.Array | None =
     return jnp.moveaxis(y, -1, 1) if plan.data_format == "NCHW" else y
 
 
+def input_gradient(dy: jax.Array, wf: jax.Array, geometry: Geometry) -> jax.Array:
+    """The input-gradient map of ``geometry``'s transposed convolution, ``dx = dx_p(dy, wf)``:
+    ``dy`` ``(N, O.., G*Cg_out)``, ``wf`` ``(G, K.., Cg_in, Cg_out)``, ``dx`` ``(N, S.., G*Cg_in)``
+    (the regular convolution of ``jax_deconv._conv``)."""
+    return _bind(dx_p, dy, wf, geometry=geometry)
+
+
 def unsupported(plan: Plan, dtype: Any) -> str | None:
     """Why the kernels cannot run ``plan`` with inputs of ``dtype`` (float16 inputs are widened
     to float32 first), or None."""

@@ -1,4 +1,7 @@
-"""``jax_deconv.flax.linen.ConvTranspose``: ``flax.linen.ConvTranspose`` on jax_deconv's lowering.
+"""``jax_deconv.flax.linen``: ``Conv`` (on the native CPU kernels) and ``ConvTranspose`` (on
+jax_deconv's lowering), subclasses of Flax's own modules.
+
+``jax_deconv.flax.linen.ConvTranspose``: ``flax.linen.ConvTranspose`` on jax_deconv's lowering.
 
 A subclass of Flax's own module: every attribute, its order and default, the parameter
 names (``kernel``, ``bias``), shapes and initialisers are Flax's, so ``init`` with the same
@@ -11,14 +14,35 @@ key gives the same variables and existing checkpoints load unchanged. One extra 
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import flax.linen as nn
 import jax
 
+from jax_deconv._lax_conv import conv_general_dilated as dlax_conv_general_dilated
 from jax_deconv.flax._channels_last import channels_last_transpose
 
-__all__ = ["ConvTranspose"]
+__all__ = ["Conv", "ConvTranspose"]
+
+
+class Conv(nn.Conv):
+    """``flax.linen.Conv`` computed by jax_deconv's native CPU kernels where they take the call.
+
+    Flax's own module with its ``conv_general_dilated`` attribute defaulting to
+    :func:`jax_deconv.lax.conv_general_dilated` (which passes to ``jax.lax`` whatever the kernels
+    do not take: ``input_dilation``, GPU/TPU...): every other attribute, the variables and the
+    results are Flax's.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp
+      >>> from jax_deconv.flax import linen as dnn
+      >>> layer = dnn.Conv(features=8, kernel_size=(3, 3, 3))
+      >>> variables = layer.init(jax.random.key(0), jnp.ones((1, 6, 6, 6, 4)))
+      >>> layer.apply(variables, jnp.ones((1, 6, 6, 6, 4))).shape
+      (1, 6, 6, 6, 8)
+    """
+
+    conv_general_dilated: Any = staticmethod(dlax_conv_general_dilated)
 
 
 class ConvTranspose(nn.ConvTranspose):

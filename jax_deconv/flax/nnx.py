@@ -1,4 +1,7 @@
-"""``jax_deconv.flax.nnx.ConvTranspose``: ``flax.nnx.ConvTranspose`` on jax_deconv's lowering.
+"""``jax_deconv.flax.nnx``: ``Conv`` (on the native CPU kernels) and ``ConvTranspose`` (on
+jax_deconv's lowering), subclasses of Flax's own modules.
+
+``jax_deconv.flax.nnx.ConvTranspose``: ``flax.nnx.ConvTranspose`` on jax_deconv's lowering.
 
 A subclass of Flax's own module: the constructor (argument order, defaults, keyword-only
 arguments), the ``kernel``/``bias`` parameters, their shapes, initialisers and metadata are
@@ -17,9 +20,30 @@ import jax
 from flax import nnx
 from flax.nnx.nn.linear import default_kernel_init
 
+from jax_deconv._lax_conv import conv_general_dilated as dlax_conv_general_dilated
 from jax_deconv.flax._channels_last import channels_last_transpose
 
-__all__ = ["ConvTranspose"]
+__all__ = ["Conv", "ConvTranspose"]
+
+
+class Conv(nnx.Conv):
+    """``flax.nnx.Conv`` computed by jax_deconv's native CPU kernels where they take the call.
+
+    Flax's own module with its ``conv_general_dilated`` argument defaulting to
+    :func:`jax_deconv.lax.conv_general_dilated` (which passes to ``jax.lax`` whatever the kernels
+    do not take); the constructor, state and results are Flax's.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from jax_deconv.flax import nnx as dnnx
+      >>> layer = dnnx.Conv(4, 8, kernel_size=(3, 3, 3), rngs=nnx.Rngs(0))
+      >>> layer(jnp.ones((1, 6, 6, 6, 4))).shape
+      (1, 6, 6, 6, 8)
+    """
+
+    def __init__(self, *args: Any, conv_general_dilated: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, conv_general_dilated=conv_general_dilated or dlax_conv_general_dilated, **kwargs)
 
 
 class ConvTranspose(nnx.ConvTranspose):
