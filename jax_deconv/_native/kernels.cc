@@ -277,6 +277,77 @@ JD_INLINE void gemm(int64_t M, int64_t K, int64_t N, const TA* A, int64_t am, in
     }
 }
 
+// A batch of products into one C: C (M x N) += sum_t A_t (M x K) . B_t (K x N), A_t's rows am
+// elements apart (k contiguous), B_t's rows N apart. Each tile of C is loaded and stored once for
+// the whole batch (per product, as `gemm` does, its load and store cost as much as the products
+// when K is a few channels).
+template <typename TA, typename TB, typename T, int VB, int NV, int R>
+JD_INLINE void batch_tile(int64_t count, const TA* const* a, int64_t row, int64_t am, const TB* const* b, int64_t K,
+                          int64_t N, int64_t j0, T* c, int64_t ldc) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int L = Vec<T, VB>::lanes;
+  V acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = load<V>(c + r * ldc + j0 + v * L);
+  for (int64_t t = 0; t < count; ++t) {
+    const TA* at = a[t] + row * am;
+    const TB* bt = b[t];
+    for (int64_t k = 0; k < K; ++k) {
+      V bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = load_as<V>(bt + k * N + j0 + v * L);
+      for (int r = 0; r < R; ++r) {
+        const T ar = widen(at[r * am + k]);
+        for (int v = 0; v < NV; ++v) acc[r][v] += ar * bv[v];
+      }
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < NV; ++v) store(c + r * ldc + j0 + v * L, acc[r][v]);
+}
+
+template <typename TA, typename TB, typename T, int VB, int NV>
+JD_INLINE void batch_strip(int64_t M, int64_t count, const TA* const* a, int64_t am, const TB* const* b, int64_t K,
+                           int64_t N, int64_t j0, T* C, int64_t ldc) {
+  constexpr int R = 6;
+  int64_t m = 0;
+  for (; m + R <= M; m += R) batch_tile<TA, TB, T, VB, NV, R>(count, a, m, am, b, K, N, j0, C + m * ldc, ldc);
+  if constexpr (NV == 1) {
+    if (m + 4 <= M) {
+      batch_tile<TA, TB, T, VB, NV, 4>(count, a, m, am, b, K, N, j0, C + m * ldc, ldc);
+      m += 4;
+    }
+    if (m + 2 <= M) {
+      batch_tile<TA, TB, T, VB, NV, 2>(count, a, m, am, b, K, N, j0, C + m * ldc, ldc);
+      m += 2;
+    }
+  }
+  for (; m < M; ++m) batch_tile<TA, TB, T, VB, NV, 1>(count, a, m, am, b, K, N, j0, C + m * ldc, ldc);
+}
+
+template <typename TA, typename TB, typename T, int VB>
+JD_INLINE void gemm_batch(int64_t M, int64_t K, int64_t N, int64_t count, const TA* const* a, int64_t am,
+                          const TB* const* b, T* C, int64_t ldc) {
+  constexpr int L = Vec<T, VB>::lanes;
+  int64_t j = 0;
+  for (; j + 2 * L <= N; j += 2 * L) batch_strip<TA, TB, T, VB, 2>(M, count, a, am, b, K, N, j, C, ldc);
+  for (; j + L <= N; j += L) batch_strip<TA, TB, T, VB, 1>(M, count, a, am, b, K, N, j, C, ldc);
+  if constexpr (VB > 16) {
+    constexpr int L2 = Vec<T, VB / 2>::lanes;
+    for (; j + L2 <= N; j += L2) batch_strip<TA, TB, T, VB / 2, 1>(M, count, a, am, b, K, N, j, C, ldc);
+  }
+  if constexpr (VB > 32) {
+    constexpr int L4 = Vec<T, VB / 4>::lanes;
+    for (; j + L4 <= N; j += L4) batch_strip<TA, TB, T, VB / 4, 1>(M, count, a, am, b, K, N, j, C, ldc);
+  }
+  for (; j < N; ++j)
+    for (int64_t m = 0; m < M; ++m) {
+      T acc = C[m * ldc + j];
+      for (int64_t t = 0; t < count; ++t)
+        for (int64_t k = 0; k < K; ++k) acc += widen(a[t][m * am + k]) * widen(b[t][k * N + j]);
+      C[m * ldc + j] = acc;
+    }
+}
+
 // The weight operand of the forward and the input gradient, as `Gemm::run` reads it: one block
 // of `block` elements per (group, tap), holding that tap's K x N matrix (K: the channels summed).
 template <typename TA, typename TB, typename T, int VB>
@@ -284,9 +355,14 @@ struct Fma {  // plain rows of N (float32/float64, or bfloat16 widened to float3
   using A = TA;
   using B = TB;
   using Acc = T;
+  static constexpr bool kBatch = true;  // run_batch: one C tile for many products
   static JD_INLINE void run(int64_t M, int64_t K, int64_t N, const TA* a, int64_t am, const TB* b, T* c,
                             int64_t ldc) {
     gemm<TA, TB, T, VB>(M, K, N, a, am, 1, b, N, c, ldc);
+  }
+  static JD_INLINE void run_batch(int64_t M, int64_t K, int64_t N, int64_t count, const TA* const* a, int64_t am,
+                                  const TB* const* b, T* c, int64_t ldc) {
+    gemm_batch<TA, TB, T, VB>(M, K, N, count, a, am, b, c, ldc);
   }
 };
 
@@ -360,6 +436,7 @@ struct Dp {
   using A = bf16;
   using B = uint32_t;
   using Acc = float;
+  static constexpr bool kBatch = false;
   static JD_INLINE void run(int64_t M, int64_t K, int64_t N, const bf16* a, int64_t am, const uint32_t* b, float* c,
                             int64_t ldc) {
     gemm_dp(M, K, N, a, am, 2, b, c, ldc);
@@ -498,40 +575,87 @@ JD_INLINE void forward_rows(const Geometry& geo, const TX* x, const typename Gem
   }
 }
 
+constexpr int64_t kBatchDepth = 32;
+
 // Input gradient: item = ((n * D + pd) * H + ph) * segments + segment; wt: a block per (group,
-// tap) of the transposed weight (Cg_out x Cg_in).
+// tap) of the transposed weight (Cg_out x Cg_in). Per group, every tap's run of the row is listed
+// first; then each stretch of the row that the same taps cover is one batch of products into
+// the accumulator (`Gemm::run_batch`: each tile of it loaded and stored once for all those taps).
 template <typename Gemm, typename TX>
 JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B* wt, int64_t block, TX* dx,
                        const Work& work) {
+  using B = typename Gemm::B;
   const int64_t cin = geo.cin(), cout = geo.cout();
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
   const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
   const Axis depth(D, OD, KD, geo.s[0], geo.d[0], geo.pb[0]), height(H, OH, KH, geo.s[1], geo.d[1], geo.pb[1]);
-  const int64_t seg = work.segment, segments = (W + seg - 1) / seg;
+  const int64_t seg = work.segment, segments = (W + seg - 1) / seg, am = geo.s[2] * cout;
   RowAccumulator<TX, typename Gemm::Acc> rows(seg * cin);
+  struct TapRun {
+    int64_t lo, hi;
+    const TX* a;  // dy at the run's first position, this group's channels
+    const B* b;
+  };
+  std::vector<TapRun> taps;
+  std::vector<int64_t> cuts;
+  std::vector<const TX*> as;
+  std::vector<const B*> bs;
   for (int64_t item = work.begin; item < work.end; ++item) {
     const int64_t row = item / segments, p_lo = item % segments * seg, p_hi = std::min(W, p_lo + seg);
     const int64_t ph = row % H, pd = row / H % D, n = row / (H * D);
     TX* xrow = dx + (row * W + p_lo) * cin;
     auto* acc = rows.begin(xrow, p_hi - p_lo, cin, nullptr);
     const Taps td = depth.reached(pd), th = height.reached(ph);
-    for (int64_t i = 0; i < td.count; ++i) {
-      const int64_t qd = td.first + i, od = depth.target(pd, qd);
-      for (int64_t j = 0; j < th.count; ++j) {
-        const int64_t qh = th.first + j, oh = height.target(ph, qh);
-        for (int64_t qw = 0; qw < KW; ++qw) {
-          const Run r = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
-          if (r.lo >= r.hi) continue;
-          const TX* dyrow = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout;
-          auto* out = acc + (r.lo - p_lo) * cin;
-          for (int64_t g = 0; g < geo.g; ++g) {
-            const auto* w = wt + (((g * KD + qd) * KH + qh) * KW + qw) * block;
-            Gemm::run(r.hi - r.lo, geo.cgo, geo.cgi, dyrow + g * geo.cgo, geo.s[2] * cout, w, out + g * geo.cgi,
-                      cin);
+    for (int64_t g = 0; g < geo.g; ++g) {
+      taps.clear();
+      for (int64_t i = 0; i < td.count; ++i) {
+        const int64_t qd = td.first + i, od = depth.target(pd, qd);
+        for (int64_t j = 0; j < th.count; ++j) {
+          const int64_t qh = th.first + j, oh = height.target(ph, qh);
+          for (int64_t qw = 0; qw < KW; ++qw) {
+            const Run r = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
+            if (r.lo >= r.hi) continue;
+            taps.push_back(TapRun{r.lo, r.hi, dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo,
+                                  wt + (((g * KD + qd) * KH + qh) * KW + qw) * block});
           }
         }
       }
+      auto* out = acc + g * geo.cgi;
+      // Batches where a product is at most 4 channels deep (its C tile's load and store cost as
+      // much as its multiply-adds), or at most 32 on rows of 64 positions or more (long enough to
+      // pay for listing the stretches); else one by one, each tap's weight block staying in cache.
+      // Measured, one core (AMD Zen 4), time against unbatched: 3x3x3 convolutions 1 -> 32 at 64^3
+      // 0.75x, 32 -> 64 stride 2 at 64^3 0.78x, 32 -> 64 at 32^3 0.9x, 64 -> 128 at 16^3 1.09x;
+      // layer C's dx (16 channels, rows of 12) 1.09x, D2d's (16, rows of 32) 1.11x.
+      bool batched = false;
+      if constexpr (Gemm::kBatch) {
+        if (geo.cgo <= 4 || (geo.cgo <= kBatchDepth && p_hi - p_lo >= 64)) {
+          batched = true;
+          cuts.clear();
+          for (const TapRun& t : taps) {
+            cuts.push_back(t.lo);
+            cuts.push_back(t.hi);
+          }
+          std::sort(cuts.begin(), cuts.end());
+          cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+          for (size_t c = 0; c + 1 < cuts.size(); ++c) {
+            const int64_t u = cuts[c], v = cuts[c + 1];
+            as.clear();
+            bs.clear();
+            for (const TapRun& t : taps)
+              if (t.lo <= u && t.hi >= v) {
+                as.push_back(t.a + (u - t.lo) * am);
+                bs.push_back(t.b);
+              }
+            if (!as.empty())
+              Gemm::run_batch(v - u, geo.cgo, geo.cgi, int64_t(as.size()), as.data(), am, bs.data(),
+                              out + (u - p_lo) * cin, cin);
+          }
+        }
+      }
+      if (!batched)
+        for (const TapRun& t : taps) Gemm::run(t.hi - t.lo, geo.cgo, geo.cgi, t.a, am, t.b, out + (t.lo - p_lo) * cin, cin);
     }
     rows.finish(xrow, (p_hi - p_lo) * cin);
   }
