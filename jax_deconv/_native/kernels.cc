@@ -206,84 +206,15 @@ JD_INLINE V load_as(const S* p) {
   }
 }
 
-// R rows of C, columns [j0, j0 + NV*L), accumulated in R x NV registers over k < K.
+// C (M x N) += sum_t A_t (M x K) . B_t (K x N) over a batch of `count` products; A_t[m, k] at
+// a[t] + m*am + k*ak (so A may be read transposed), rows of B_t and C ldb and ldc elements
+// apart. A and B may be bfloat16 (widened as read); C is the accumulator's type T. Each tile of
+// C (R rows, NV vectors of L columns) is loaded into registers, takes every product of the
+// batch, and is stored once: with one product per call its load and store cost as much as the
+// multiply-adds when K is a few channels.
 template <typename TA, typename TB, typename T, int VB, int NV, int R>
-JD_INLINE void gemm_tile(int64_t K, int64_t j0, const TA* a, int64_t am, int64_t ak, const TB* B, int64_t ldb, T* c,
-                         int64_t ldc) {
-  using V = typename Vec<T, VB>::type;
-  constexpr int L = Vec<T, VB>::lanes;
-  V acc[R][NV];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = load<V>(c + r * ldc + j0 + v * L);
-  for (int64_t k = 0; k < K; ++k) {
-    V b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = load_as<V>(B + k * ldb + j0 + v * L);
-    for (int r = 0; r < R; ++r) {
-      const T ar = widen(a[r * am + k * ak]);
-      for (int v = 0; v < NV; ++v) acc[r][v] += ar * b[v];
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) store(c + r * ldc + j0 + v * L, acc[r][v]);
-}
-
-// C[m, j0 : j0 + NV*L] += sum_k A[m, k] * B[k, j0 : j0 + NV*L] for m < M (L: a vector's lanes).
-// A[m, k] is at A + m*am + k*ak (so A may be read transposed), rows of B and C are ldb and ldc
-// elements apart. A and B may be bfloat16 (widened as read); C is the accumulator's type T.
-// Tiles of 6 rows (12 accumulators with two vectors of columns); the rows left in tiles of 4 and
-// 2 with one vector (measured: C 0.84x, D 0.63-0.98x, with two vectors no gain), then one by one.
-template <typename TA, typename TB, typename T, int VB, int NV>
-JD_INLINE void gemm_strip(int64_t M, int64_t K, int64_t j0, const TA* A, int64_t am, int64_t ak, const TB* B,
-                          int64_t ldb, T* C, int64_t ldc) {
-  constexpr int R = 6;
-  int64_t m = 0;
-  for (; m + R <= M; m += R) gemm_tile<TA, TB, T, VB, NV, R>(K, j0, A + m * am, am, ak, B, ldb, C + m * ldc, ldc);
-  if constexpr (NV == 1) {  // one vector of columns: 4 and 2 rows at once still hide some latency
-    if (m + 4 <= M) {
-      gemm_tile<TA, TB, T, VB, NV, 4>(K, j0, A + m * am, am, ak, B, ldb, C + m * ldc, ldc);
-      m += 4;
-    }
-    if (m + 2 <= M) {
-      gemm_tile<TA, TB, T, VB, NV, 2>(K, j0, A + m * am, am, ak, B, ldb, C + m * ldc, ldc);
-      m += 2;
-    }
-  }
-  for (; m < M; ++m) gemm_tile<TA, TB, T, VB, NV, 1>(K, j0, A + m * am, am, ak, B, ldb, C + m * ldc, ldc);
-}
-
-// C (M x N) += A (M x K) . B (K x N), with A's strides as in gemm_strip. Columns in vectors of the
-// register width, then of a half and a quarter of it (8 and 4 float32 channels with AVX-512),
-// the last few one by one.
-template <typename TA, typename TB, typename T, int VB>
-JD_INLINE void gemm(int64_t M, int64_t K, int64_t N, const TA* A, int64_t am, int64_t ak, const TB* B, int64_t ldb,
-                    T* C, int64_t ldc) {
-  constexpr int L = Vec<T, VB>::lanes;
-  int64_t j = 0;
-  for (; j + 2 * L <= N; j += 2 * L) gemm_strip<TA, TB, T, VB, 2>(M, K, j, A, am, ak, B, ldb, C, ldc);
-  for (; j + L <= N; j += L) gemm_strip<TA, TB, T, VB, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
-  if constexpr (VB > 16) {
-    constexpr int L2 = Vec<T, VB / 2>::lanes;
-    for (; j + L2 <= N; j += L2) gemm_strip<TA, TB, T, VB / 2, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
-  }
-  if constexpr (VB > 32) {
-    constexpr int L4 = Vec<T, VB / 4>::lanes;
-    for (; j + L4 <= N; j += L4) gemm_strip<TA, TB, T, VB / 4, 1>(M, K, j, A, am, ak, B, ldb, C, ldc);
-  }
-  for (; j < N; ++j)
-    for (int64_t m = 0; m < M; ++m) {
-      T acc = C[m * ldc + j];
-      for (int64_t k = 0; k < K; ++k) acc += widen(A[m * am + k * ak]) * widen(B[k * ldb + j]);
-      C[m * ldc + j] = acc;
-    }
-}
-
-// A batch of products into one C: C (M x N) += sum_t A_t (M x K) . B_t (K x N), A_t's rows am
-// elements apart (k contiguous), B_t's rows N apart. Each tile of C is loaded and stored once for
-// the whole batch (per product, as `gemm` does, its load and store cost as much as the products
-// when K is a few channels).
-template <typename TA, typename TB, typename T, int VB, int NV, int R>
-JD_INLINE void batch_tile(int64_t count, const TA* const* a, int64_t row, int64_t am, const TB* const* b, int64_t K,
-                          int64_t N, int64_t j0, T* c, int64_t ldc) {
+JD_INLINE void batch_tile(int64_t count, const TA* const* a, int64_t row, int64_t am, int64_t ak, const TB* const* b,
+                          int64_t K, int64_t ldb, int64_t j0, T* c, int64_t ldc) {
   using V = typename Vec<T, VB>::type;
   constexpr int L = Vec<T, VB>::lanes;
   V acc[R][NV];
@@ -294,9 +225,9 @@ JD_INLINE void batch_tile(int64_t count, const TA* const* a, int64_t row, int64_
     const TB* bt = b[t];
     for (int64_t k = 0; k < K; ++k) {
       V bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = load_as<V>(bt + k * N + j0 + v * L);
+      for (int v = 0; v < NV; ++v) bv[v] = load_as<V>(bt + k * ldb + j0 + v * L);
       for (int r = 0; r < R; ++r) {
-        const T ar = widen(at[r * am + k]);
+        const T ar = widen(at[r * am + k * ak]);
         for (int v = 0; v < NV; ++v) acc[r][v] += ar * bv[v];
       }
     }
@@ -305,47 +236,59 @@ JD_INLINE void batch_tile(int64_t count, const TA* const* a, int64_t row, int64_
     for (int v = 0; v < NV; ++v) store(c + r * ldc + j0 + v * L, acc[r][v]);
 }
 
+// Columns [j0, j0 + NV*L) of every row: tiles of 6 rows (12 accumulators with two vectors of
+// columns); the rows left in tiles of 4 and 2 with one vector (measured: C 0.86x, D forward
+// 0.63-1.05x; with two vectors no gain), then one by one.
 template <typename TA, typename TB, typename T, int VB, int NV>
-JD_INLINE void batch_strip(int64_t M, int64_t count, const TA* const* a, int64_t am, const TB* const* b, int64_t K,
-                           int64_t N, int64_t j0, T* C, int64_t ldc) {
+JD_INLINE void batch_strip(int64_t M, int64_t count, const TA* const* a, int64_t am, int64_t ak, const TB* const* b,
+                           int64_t K, int64_t ldb, int64_t j0, T* C, int64_t ldc) {
   constexpr int R = 6;
   int64_t m = 0;
-  for (; m + R <= M; m += R) batch_tile<TA, TB, T, VB, NV, R>(count, a, m, am, b, K, N, j0, C + m * ldc, ldc);
+  for (; m + R <= M; m += R) batch_tile<TA, TB, T, VB, NV, R>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
   if constexpr (NV == 1) {
     if (m + 4 <= M) {
-      batch_tile<TA, TB, T, VB, NV, 4>(count, a, m, am, b, K, N, j0, C + m * ldc, ldc);
+      batch_tile<TA, TB, T, VB, NV, 4>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
       m += 4;
     }
     if (m + 2 <= M) {
-      batch_tile<TA, TB, T, VB, NV, 2>(count, a, m, am, b, K, N, j0, C + m * ldc, ldc);
+      batch_tile<TA, TB, T, VB, NV, 2>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
       m += 2;
     }
   }
-  for (; m < M; ++m) batch_tile<TA, TB, T, VB, NV, 1>(count, a, m, am, b, K, N, j0, C + m * ldc, ldc);
+  for (; m < M; ++m) batch_tile<TA, TB, T, VB, NV, 1>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
 }
 
+// Columns in vectors of the register width, then of a half and a quarter of it (8 and 4 float32
+// channels with AVX-512), the last few one by one.
 template <typename TA, typename TB, typename T, int VB>
-JD_INLINE void gemm_batch(int64_t M, int64_t K, int64_t N, int64_t count, const TA* const* a, int64_t am,
-                          const TB* const* b, T* C, int64_t ldc) {
+JD_INLINE void gemm_batch(int64_t M, int64_t K, int64_t N, int64_t count, const TA* const* a, int64_t am, int64_t ak,
+                          const TB* const* b, int64_t ldb, T* C, int64_t ldc) {
   constexpr int L = Vec<T, VB>::lanes;
   int64_t j = 0;
-  for (; j + 2 * L <= N; j += 2 * L) batch_strip<TA, TB, T, VB, 2>(M, count, a, am, b, K, N, j, C, ldc);
-  for (; j + L <= N; j += L) batch_strip<TA, TB, T, VB, 1>(M, count, a, am, b, K, N, j, C, ldc);
+  for (; j + 2 * L <= N; j += 2 * L) batch_strip<TA, TB, T, VB, 2>(M, count, a, am, ak, b, K, ldb, j, C, ldc);
+  for (; j + L <= N; j += L) batch_strip<TA, TB, T, VB, 1>(M, count, a, am, ak, b, K, ldb, j, C, ldc);
   if constexpr (VB > 16) {
     constexpr int L2 = Vec<T, VB / 2>::lanes;
-    for (; j + L2 <= N; j += L2) batch_strip<TA, TB, T, VB / 2, 1>(M, count, a, am, b, K, N, j, C, ldc);
+    for (; j + L2 <= N; j += L2) batch_strip<TA, TB, T, VB / 2, 1>(M, count, a, am, ak, b, K, ldb, j, C, ldc);
   }
   if constexpr (VB > 32) {
     constexpr int L4 = Vec<T, VB / 4>::lanes;
-    for (; j + L4 <= N; j += L4) batch_strip<TA, TB, T, VB / 4, 1>(M, count, a, am, b, K, N, j, C, ldc);
+    for (; j + L4 <= N; j += L4) batch_strip<TA, TB, T, VB / 4, 1>(M, count, a, am, ak, b, K, ldb, j, C, ldc);
   }
   for (; j < N; ++j)
     for (int64_t m = 0; m < M; ++m) {
       T acc = C[m * ldc + j];
       for (int64_t t = 0; t < count; ++t)
-        for (int64_t k = 0; k < K; ++k) acc += widen(a[t][m * am + k]) * widen(b[t][k * N + j]);
+        for (int64_t k = 0; k < K; ++k) acc += widen(a[t][m * am + k * ak]) * widen(b[t][k * ldb + j]);
       C[m * ldc + j] = acc;
     }
+}
+
+// C (M x N) += A (M x K) . B (K x N): one product.
+template <typename TA, typename TB, typename T, int VB>
+JD_INLINE void gemm(int64_t M, int64_t K, int64_t N, const TA* A, int64_t am, int64_t ak, const TB* B, int64_t ldb,
+                    T* C, int64_t ldc) {
+  gemm_batch<TA, TB, T, VB>(M, K, N, 1, &A, am, ak, &B, ldb, C, ldc);
 }
 
 // The weight operand of the forward and the input gradient, as `Gemm::run` reads it: one block
@@ -362,7 +305,7 @@ struct Fma {  // plain rows of N (float32/float64, or bfloat16 widened to float3
   }
   static JD_INLINE void run_batch(int64_t M, int64_t K, int64_t N, int64_t count, const TA* const* a, int64_t am,
                                   const TB* const* b, T* c, int64_t ldc) {
-    gemm_batch<TA, TB, T, VB>(M, K, N, count, a, am, b, c, ldc);
+    gemm_batch<TA, TB, T, VB>(M, K, N, count, a, am, 1, b, N, c, ldc);
   }
 };
 
