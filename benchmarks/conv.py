@@ -57,11 +57,11 @@ def time_torch(layers: list[str], dtypes: list[str], threads: int, repeats: int)
                 x = torch.randn(n, ci, size, size, size, dtype=dt).to(memory_format=fmt).requires_grad_(True)
                 conv = torch.nn.Conv3d(ci, co, k, stride=s, padding=k // 2, bias=False).to(dt).to(memory_format=fmt)
 
-                def forward():
+                def forward(conv=conv, x=x):
                     with torch.no_grad():
                         conv(x)
 
-                def training():
+                def training(conv=conv, x=x):
                     conv(x).float().sum().backward()
 
                 out[f"{name}|{dtype}|{layout}"] = (_median_ms(forward, repeats), _median_ms(training, repeats))
@@ -84,14 +84,14 @@ def time_jax(layers: list[str], dtypes: list[str], repeats: int) -> dict:
                 x = jax.random.normal(jax.random.key(0), x_shape, dtype)
                 w = (jax.random.normal(jax.random.key(1), w_shape) * 0.05).astype(dtype)
                 for label, op in (("ours", dlax.conv_general_dilated), ("xla", jax.lax.conv_general_dilated)):
-                    def conv(x, w, op=op, dn=dn):
+                    def conv(x, w, op=op, dn=dn, s=s, k=k):
                         return op(x, w, (s,) * 3, [(k // 2, k // 2)] * 3, dimension_numbers=dn)
 
                     f = jax.jit(conv)
                     g = jax.jit(jax.grad(lambda x, w, conv=conv: jnp.sum(conv(x, w).astype(jnp.float32)), (0, 1)))
                     out[f"{name}|{dtype}|{layout}|{label}"] = (
-                        _median_ms(lambda f=f: jax.block_until_ready(f(x, w)), repeats),
-                        _median_ms(lambda g=g: jax.block_until_ready(g(x, w)), repeats),
+                        _median_ms(lambda f=f, x=x, w=w: jax.block_until_ready(f(x, w)), repeats),
+                        _median_ms(lambda g=g, x=x, w=w: jax.block_until_ready(g(x, w)), repeats),
                     )
     return out
 
