@@ -222,3 +222,22 @@ def test_functional_conv_equals_pytorch(n):
             np.testing.assert_allclose(ops[0](x[0], w, b, **kwargs), want[0], rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=rf"conv{n}d: padding='same' is not supported for strided convolutions"):
         ops[0](x, w, stride=2, padding="same", groups=2)
+
+
+@needs_kernels
+@pytest.mark.parametrize("c_in,c_out", [(1, 5), (5, 1), (1, 1)])
+def test_one_channel_sides_against_lax(c_in, c_out):
+    """A one-channel input or output (a network's first and last layers): the kernels' products
+    are one column wide there and run vectorised along rows or sums; y and both gradients in
+    float64 against jax.lax, 3-D with stride and padding."""
+    rng = np.random.default_rng(c_in * 10 + c_out)
+    x, w = rng.standard_normal((2, 9, 7, 20, c_in)), rng.standard_normal((3, 3, 3, c_in, c_out))
+    kwargs = dict(window_strides=(1, 2, 1), padding=[(1, 1), (0, 2), (1, 0)],
+                  dimension_numbers=("NDHWC", "DHWIO", "NDHWC"))
+    with jax.enable_x64(True):
+        ours = jax.jit(lambda x, w: dlax.conv_general_dilated(x, w, **kwargs))
+        theirs = lambda x, w: jax.lax.conv_general_dilated(x, w, **kwargs)  # noqa: E731
+        np.testing.assert_allclose(ours(x, w), theirs(x, w), rtol=1e-12, atol=1e-12)
+        ct = rng.standard_normal(theirs(x, w).shape)
+        for a, e in zip(jax.vjp(ours, x, w)[1](ct), jax.vjp(theirs, x, w)[1](ct)):
+            np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)

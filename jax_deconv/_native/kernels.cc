@@ -258,12 +258,58 @@ JD_INLINE void batch_strip(int64_t M, int64_t count, const TA* const* a, int64_t
   for (; m < M; ++m) batch_tile<TA, TB, T, VB, NV, 1>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
 }
 
+// One column (N == 1, a one-channel side: the first layer of a network), vectorised along what
+// is contiguous instead of the columns. By rows, where A's rows and C are contiguous (am == 1,
+// ldc == 1: the weight gradient reads x transposed): C[m..m+L) += A[k][m..m+L) * B[k].
+template <typename TA, typename TB, typename T, int VB>
+JD_INLINE void column_by_rows(int64_t M, int64_t K, int64_t count, const TA* const* a, int64_t ak, const TB* const* b,
+                              int64_t ldb, T* C) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int L = Vec<T, VB>::lanes;
+  int64_t m = 0;
+  for (; m + L <= M; m += L) {
+    V acc = load<V>(C + m);
+    for (int64_t t = 0; t < count; ++t)
+      for (int64_t k = 0; k < K; ++k) acc += load_as<V>(a[t] + k * ak + m) * widen(b[t][k * ldb]);
+    store(C + m, acc);
+  }
+  for (; m < M; ++m) {
+    T acc = C[m];
+    for (int64_t t = 0; t < count; ++t)
+      for (int64_t k = 0; k < K; ++k) acc += widen(a[t][k * ak + m]) * widen(b[t][k * ldb]);
+    C[m] = acc;
+  }
+}
+
+// By sums, where A's rows and B's column are contiguous (ak == 1, ldb == 1): C[m] += A[m, :] . B.
+template <typename TA, typename TB, typename T, int VB>
+JD_INLINE void column_by_sums(int64_t M, int64_t K, int64_t count, const TA* const* a, int64_t am, const TB* const* b,
+                              T* C, int64_t ldc) {
+  using V = typename Vec<T, VB>::type;
+  constexpr int L = Vec<T, VB>::lanes;
+  for (int64_t m = 0; m < M; ++m) {
+    V acc = {};
+    T rest = 0;
+    for (int64_t t = 0; t < count; ++t) {
+      const TA* at = a[t] + m * am;
+      const TB* bt = b[t];
+      int64_t k = 0;
+      for (; k + L <= K; k += L) acc += load_as<V>(at + k) * load_as<V>(bt + k);
+      for (; k < K; ++k) rest += widen(at[k]) * widen(bt[k]);
+    }
+    for (int l = 0; l < L; ++l) rest += acc[l];
+    C[m * ldc] += rest;
+  }
+}
+
 // Columns in vectors of the register width, then of a half and a quarter of it (8 and 4 float32
 // channels with AVX-512), the last few one by one.
 template <typename TA, typename TB, typename T, int VB>
 JD_INLINE void gemm_batch(int64_t M, int64_t K, int64_t N, int64_t count, const TA* const* a, int64_t am, int64_t ak,
                           const TB* const* b, int64_t ldb, T* C, int64_t ldc) {
   constexpr int L = Vec<T, VB>::lanes;
+  if (N == 1 && am == 1 && ldc == 1) return column_by_rows<TA, TB, T, VB>(M, K, count, a, ak, b, ldb, C);
+  if (N == 1 && ak == 1 && ldb == 1) return column_by_sums<TA, TB, T, VB>(M, K, count, a, am, b, C, ldc);
   int64_t j = 0;
   for (; j + 2 * L <= N; j += 2 * L) batch_strip<TA, TB, T, VB, 2>(M, count, a, am, ak, b, K, ldb, j, C, ldc);
   for (; j + L <= N; j += L) batch_strip<TA, TB, T, VB, 1>(M, count, a, am, ak, b, K, ldb, j, C, ldc);
