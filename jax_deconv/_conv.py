@@ -39,19 +39,10 @@ def geometry(x_shape: Sequence[int], w_shape: Sequence[int], strides: Sequence[i
 
     ``pads`` non-negative; every output size at least 1.
     """
-    n = len(x_shape) - 2
     spatial, kernel = tuple(x_shape[1:-1]), tuple(w_shape[:-2])
     outs = tuple(out_size(*a, lo, hi) for a, (lo, hi) in zip(zip(spatial, kernel, strides, dilations), pads))
-
-    def three(values: Sequence[int], fill: int) -> tuple[int, int, int]:
-        return tuple([fill] * (3 - n) + list(values))  # pyright: ignore[reportReturnType]
-
-    return native.Geometry(
-        batch=x_shape[0], group=groups, cg_in=w_shape[-1] // groups, cg_out=x_shape[-1] // groups,
-        in_spatial=three(outs, 1), out_spatial=three(spatial, 1), kernel=three(kernel, 1),
-        strides=three(strides, 1), dilations=three(dilations, 1), pad_begin=three([lo for lo, _ in pads], 0),
-        ndim=n,
-    )
+    return native.Geometry.of_axes(x_shape[0], groups, w_shape[-1] // groups, x_shape[-1] // groups, outs, spatial,
+                                   kernel, strides, dilations, [lo for lo, _ in pads])
 
 
 def crop_negative_padding(x: jax.Array, pads: Sequence[tuple[int, int]]) -> tuple[jax.Array, list[tuple[int, int]]]:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jax_deconv._conv_transpose import _conv_transpose
-from jax_deconv._inputs import as_floating
+from jax_deconv._inputs import as_floating, promote
 from jax_deconv._lax_conv import conv_general_dilated
 from jax_deconv._plan import _as_int, full_length, per_axis
 
@@ -195,11 +195,16 @@ def _conv_nd(
         pads = [(t // 2, t - t // 2) for t in totals]
     else:
         pads = [(p, p) for p in per_axis(op, "padding", padding, n, 0)]
-    dtype = x.dtype if bias is None else jnp.result_type(x, w, as_floating(op, "bias", bias))
-    x, w = x.astype(jnp.result_type(x, w)), w.astype(jnp.result_type(x, w))
-    y = conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations, feature_group_count=groups)
-    if bias is not None:
-        y = (y + jnp.asarray(bias).reshape(-1, *(1,) * n)).astype(dtype)
+    b = None if bias is None else as_floating(op, "bias", bias)
+    if b is not None and b.shape != (w.shape[0],):
+        raise ValueError(f"{op}: `bias` must have shape (C_out,) = ({w.shape[0]},); got shape {b.shape}.")
+    x, w, b = promote(x, w, b, op)
+    # a 16-bit result with a bias is rounded once (as PyTorch's): summed and biased in float32
+    wide = jnp.float32 if b is not None and x.dtype in (jnp.bfloat16, jnp.float16) else None
+    y = conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations, feature_group_count=groups,
+                             preferred_element_type=wide)
+    if b is not None:
+        y = (y + b.astype(y.dtype).reshape(-1, *(1,) * n)).astype(x.dtype)
     return y[0] if unbatched else y
 
 

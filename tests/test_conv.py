@@ -224,6 +224,23 @@ def test_functional_conv_equals_pytorch(n):
         ops[0](x, w, stride=2, padding="same", groups=2)
 
 
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_functional_conv_16_bit_with_a_bias_is_rounded_once(dtype):
+    """100 * 1 + 0.4375 * 1 - 100 (PyTorch's one rounding): the 16-bit product 100.5 (100.4375 is
+    not a bfloat16) plus the bias would give 0.5; summed and biased in float32, 0.4375 (float16
+    holds 100.4375: there both ways give it)."""
+    from jax_deconv import functional as F
+
+    x = jnp.ones((1, 2, 1), dtype)
+    w = jnp.array([100.0, 0.4375], dtype).reshape(1, 2, 1)
+    b = jnp.array([-100.0], dtype)
+    y = F.conv1d(x, w, b)
+    assert y.dtype == jnp.dtype(dtype)
+    assert float(y[0, 0, 0]) == 0.4375
+    with pytest.raises(ValueError, match=r"conv1d: `bias` must have shape \(C_out,\) = \(1,\); got shape \(2,\)"):
+        F.conv1d(x, w, jnp.zeros(2, dtype))
+
+
 @needs_kernels
 @pytest.mark.parametrize("c_in,c_out", [(1, 5), (5, 1), (1, 1)])
 def test_one_channel_sides_against_lax(c_in, c_out):

@@ -30,7 +30,7 @@ import dataclasses
 import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -155,16 +155,26 @@ class Geometry:
     ndim: int = 3
 
     @classmethod
-    def of(cls, plan: Plan) -> Geometry:
-        def three(values: tuple[int, ...], fill: int) -> tuple[int, int, int]:
-            return tuple([fill] * (3 - len(values)) + list(values))  # pyright: ignore[reportReturnType]
+    def of_axes(cls, batch: int, group: int, cg_in: int, cg_out: int, in_spatial: Sequence[int],
+                out_spatial: Sequence[int], kernel: Sequence[int], strides: Sequence[int], dilations: Sequence[int],
+                pad_begin: Sequence[int]) -> Geometry:
+        """From per-axis sizes of the call's own rank (1 to 3 axes; the leading ones filled)."""
+        n = len(kernel)
+
+        def three(values: Sequence[int], fill: int) -> tuple[int, int, int]:
+            return tuple([fill] * (3 - n) + list(values))  # pyright: ignore[reportReturnType]
 
         return cls(
-            batch=plan.batch, group=plan.group, cg_in=plan.in_channels // plan.group,
-            cg_out=plan.out_channels // plan.group, in_spatial=three(plan.in_spatial, 1),
-            out_spatial=three(plan.out_spatial, 1), kernel=three(plan.kernel, 1), strides=three(plan.strides, 1),
-            dilations=three(plan.dilations, 1), pad_begin=three(plan.pad_begin, 0), ndim=plan.ndim,
+            batch=batch, group=group, cg_in=cg_in, cg_out=cg_out, in_spatial=three(in_spatial, 1),
+            out_spatial=three(out_spatial, 1), kernel=three(kernel, 1), strides=three(strides, 1),
+            dilations=three(dilations, 1), pad_begin=three(pad_begin, 0), ndim=n,
         )
+
+    @classmethod
+    def of(cls, plan: Plan) -> Geometry:
+        return cls.of_axes(plan.batch, plan.group, plan.in_channels // plan.group, plan.out_channels // plan.group,
+                           plan.in_spatial, plan.out_spatial, plan.kernel, plan.strides, plan.dilations,
+                           plan.pad_begin)
 
     def as_attribute(self) -> np.ndarray:
         """The 22 sizes the kernels read, in their order."""

@@ -567,9 +567,10 @@ JD_INLINE void forward_rows(const Geometry& geo, const TX* x, const typename Gem
 constexpr int64_t kBatchDepth = 32;
 
 // Input gradient: item = ((n * D + pd) * H + ph) * segments + segment; wt: a block per (group,
-// tap) of the transposed weight (Cg_out x Cg_in). Per group, every tap's run of the row is listed
-// first; then each stretch of the row that the same taps cover is one batch of products into
-// the accumulator (`Gemm::run_batch`: each tile of it loaded and stored once for all those taps).
+// tap) of the transposed weight (Cg_out x Cg_in). A tap's run of the segment depends on its last
+// axis alone, so each row lists the runs once (and the stretches where the same runs overlap);
+// each stretch is then one batch of products into the accumulator (`Gemm::run_batch`: each tile
+// of it loaded and stored once for all those taps), or each run one product.
 template <typename Gemm, typename TX>
 JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B* wt, int64_t block, TX* dx,
                        const Work& work) {
@@ -581,13 +582,8 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
   const Axis depth(D, OD, KD, geo.s[0], geo.d[0], geo.pb[0]), height(H, OH, KH, geo.s[1], geo.d[1], geo.pb[1]);
   const int64_t seg = work.segment, segments = (W + seg - 1) / seg, am = geo.s[2] * cout;
   RowAccumulator<TX, typename Gemm::Acc> rows(seg * cin);
-  struct TapRun {
-    int64_t lo, hi;
-    const TX* a;  // dy at the run's first position, this group's channels
-    const B* b;
-  };
-  std::vector<TapRun> taps;
-  std::vector<int64_t> cuts;
+  std::vector<Run> runs(KW);  // tap qw's run of the segment
+  std::vector<int64_t> cuts;  // where runs start or end: the stretches between are covered alike
   std::vector<const TX*> as;
   std::vector<const B*> bs;
   for (int64_t item = work.begin; item < work.end; ++item) {
@@ -596,55 +592,61 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
     TX* xrow = dx + (row * W + p_lo) * cin;
     auto* acc = rows.begin(xrow, p_hi - p_lo, cin, nullptr);
     const Taps td = depth.reached(pd), th = height.reached(ph);
-    for (int64_t g = 0; g < geo.g; ++g) {
-      taps.clear();
-      for (int64_t i = 0; i < td.count; ++i) {
-        const int64_t qd = td.first + i, od = depth.target(pd, qd);
-        for (int64_t j = 0; j < th.count; ++j) {
-          const int64_t qh = th.first + j, oh = height.target(ph, qh);
-          for (int64_t qw = 0; qw < KW; ++qw) {
-            const Run r = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
-            if (r.lo >= r.hi) continue;
-            taps.push_back(TapRun{r.lo, r.hi, dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo,
-                                  wt + (((g * KD + qd) * KH + qh) * KW + qw) * block});
-          }
-        }
+    cuts.clear();
+    for (int64_t qw = 0; qw < KW; ++qw) {
+      runs[qw] = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
+      if (runs[qw].lo < runs[qw].hi) {
+        cuts.push_back(runs[qw].lo);
+        cuts.push_back(runs[qw].hi);
       }
+    }
+    std::sort(cuts.begin(), cuts.end());
+    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+    // Batches where a product is at most 4 channels deep (its C tile's load and store cost as
+    // much as its multiply-adds), or at most 32 on rows of 64 positions or more (long enough to
+    // pay for listing the stretches); else one by one, each tap's weight block staying in cache.
+    // Measured, one core (AMD Zen 4), time against unbatched: 3x3x3 convolutions 1 -> 32 at 64^3
+    // 0.75x, 32 -> 64 stride 2 at 64^3 0.78x, 32 -> 64 at 32^3 0.9x, 64 -> 128 at 16^3 1.09x;
+    // layer C's dx (16 channels, rows of 12) 1.09x, D2d's (16, rows of 32) 1.11x.
+    const bool batched = Gemm::kBatch && (geo.cgo <= 4 || (geo.cgo <= kBatchDepth && p_hi - p_lo >= 64));
+    for (int64_t g = 0; g < geo.g; ++g) {
       auto* out = acc + g * geo.cgi;
-      // Batches where a product is at most 4 channels deep (its C tile's load and store cost as
-      // much as its multiply-adds), or at most 32 on rows of 64 positions or more (long enough to
-      // pay for listing the stretches); else one by one, each tap's weight block staying in cache.
-      // Measured, one core (AMD Zen 4), time against unbatched: 3x3x3 convolutions 1 -> 32 at 64^3
-      // 0.75x, 32 -> 64 stride 2 at 64^3 0.78x, 32 -> 64 at 32^3 0.9x, 64 -> 128 at 16^3 1.09x;
-      // layer C's dx (16 channels, rows of 12) 1.09x, D2d's (16, rows of 32) 1.11x.
-      bool batched = false;
-      if constexpr (Gemm::kBatch) {
-        if (geo.cgo <= 4 || (geo.cgo <= kBatchDepth && p_hi - p_lo >= 64)) {
-          batched = true;
-          cuts.clear();
-          for (const TapRun& t : taps) {
-            cuts.push_back(t.lo);
-            cuts.push_back(t.hi);
-          }
-          std::sort(cuts.begin(), cuts.end());
-          cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+      // dy where tap (qd, qh, qw)'s run starts, this group's channels, and that tap's weight block
+      const auto tap = [&](int64_t i, int64_t j, int64_t qw) JD_LAMBDA_INLINE {
+        const int64_t qd = td.first + i, qh = th.first + j;
+        const int64_t od = depth.target(pd, qd), oh = height.target(ph, qh);
+        return std::make_pair(dy + (((n * OD + od) * OH + oh) * OW + runs[qw].o0) * cout + g * geo.cgo,
+                              wt + (((g * KD + qd) * KH + qh) * KW + qw) * block);
+      };
+      if (batched) {
+        if constexpr (Gemm::kBatch) {
           for (size_t c = 0; c + 1 < cuts.size(); ++c) {
             const int64_t u = cuts[c], v = cuts[c + 1];
             as.clear();
             bs.clear();
-            for (const TapRun& t : taps)
-              if (t.lo <= u && t.hi >= v) {
-                as.push_back(t.a + (u - t.lo) * am);
-                bs.push_back(t.b);
-              }
+            for (int64_t i = 0; i < td.count; ++i)
+              for (int64_t j = 0; j < th.count; ++j)
+                for (int64_t qw = 0; qw < KW; ++qw)
+                  if (runs[qw].lo <= u && runs[qw].hi >= v) {
+                    const auto [a, b] = tap(i, j, qw);
+                    as.push_back(a + (u - runs[qw].lo) * am);
+                    bs.push_back(b);
+                  }
             if (!as.empty())
               Gemm::run_batch(v - u, geo.cgo, geo.cgi, int64_t(as.size()), as.data(), am, bs.data(),
                               out + (u - p_lo) * cin, cin);
           }
         }
+        continue;
       }
-      if (!batched)
-        for (const TapRun& t : taps) Gemm::run(t.hi - t.lo, geo.cgo, geo.cgi, t.a, am, t.b, out + (t.lo - p_lo) * cin, cin);
+      for (int64_t i = 0; i < td.count; ++i)
+        for (int64_t j = 0; j < th.count; ++j)
+          for (int64_t qw = 0; qw < KW; ++qw) {
+            const Run& r = runs[qw];
+            if (r.lo >= r.hi) continue;
+            const auto [a, b] = tap(i, j, qw);
+            Gemm::run(r.hi - r.lo, geo.cgo, geo.cgi, a, am, b, out + (r.lo - p_lo) * cin, cin);
+          }
     }
     rows.finish(xrow, (p_hi - p_lo) * cin);
   }
@@ -1031,14 +1033,15 @@ ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const 
   }
   if (failed) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_deconv native: out of memory");
   if (unit_blocks > 1) {
-    const int64_t count = weight_count, parts = unit_blocks;
+    const int64_t count = weight_count;
     parallel_for(pool, count, [&](int64_t i, int64_t j) {
+      const float* sums = reinterpret_cast<const float*>(partial.data());
       if (type == ffi::DataType::F64)
-        add_partials(reinterpret_cast<const double*>(partial.data()), parts, count, static_cast<double*>(pc), i, j);
+        add_partials(reinterpret_cast<const double*>(partial.data()), unit_blocks, count, static_cast<double*>(pc), i, j);
       else if (type == ffi::DataType::F32)
-        add_partials(reinterpret_cast<const float*>(partial.data()), parts, count, static_cast<float*>(pc), i, j);
+        add_partials(sums, unit_blocks, count, static_cast<float*>(pc), i, j);
       else
-        add_partials(reinterpret_cast<const float*>(partial.data()), parts, count, static_cast<bf16*>(pc), i, j);
+        add_partials(sums, unit_blocks, count, static_cast<bf16*>(pc), i, j);
     }, 1);
   }
   return ffi::Error::Success();
