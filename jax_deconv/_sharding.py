@@ -119,14 +119,18 @@ mesh axes the input does not use. Reproducer, without jax_deconv (8 simulated CP
 
     mesh = jax.make_mesh((2, 4), ("a", "b"), axis_types=(AxisType.Auto,) * 2)
     x = jax.device_put(np.ones((4, 4, 8, 4), np.float32), NamedSharding(mesh, P(None, None, "b")))
-    conv = lambda w: lax.conv_general_dilated(x, w, (1, 1), [(1, 1), (1, 1)])
-    jax.jit(jax.grad(lambda w: jnp.sum(conv(w) ** 2)))(np.ones((4, 4, 3, 3), np.float32))
+    conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), [(1, 1), (1, 1)])
+    jax.jit(jax.grad(lambda w, x: jnp.sum(conv(x, w) ** 2)))(np.ones((4, 4, 3, 3), np.float32), x)
     # == 2 x the gradient of the unsharded x (the all-reduce's replica_groups are all 8 devices)
 
-Explicit sharding and ``auto_axes`` inherit it. Explicitly sharded calls therefore never reach the
-partitioner here (see :func:`under_explicit_sharding`); under ``AxisType.Auto`` meshes, where the
-partitioner places everything, prefer ``algorithm='gemm'`` (dots are partitioned correctly) or
-shard the batch, or use :func:`conv_transpose_halo`."""
+``x`` must be an argument of the jitted function: closed over, it is a constant whose sharding
+the partitioner does not see, and the gradient is right. Explicit sharding and ``auto_axes``
+inherit it. Explicitly sharded calls therefore never reach the partitioner here (see
+:func:`under_explicit_sharding`); under ``AxisType.Auto`` meshes, where the partitioner places
+everything, the native kernels split along the batch only and gather any other split (exact);
+for the XLA algorithms prefer ``algorithm='gemm'`` (dots are partitioned correctly) or shard the
+batch, or use :func:`conv_transpose_halo`. ``tests/multidevice_cases.py`` checks that this
+reproducer still reproduces on jax 0.10.2."""
 
 
 def _size(mesh: Any, entry: Any) -> int:

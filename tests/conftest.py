@@ -1,4 +1,5 @@
-"""Collection: ``multidevice_cases.py`` runs only where 8 (simulated) devices exist.
+"""Collection: ``multidevice_cases.py`` runs only where 8 (simulated) devices exist;
+``multiprocess_worker.py`` never (``test_multiprocess.py`` runs it as 2 processes).
 
 ``test_sharding.py`` runs it in a subprocess with ``XLA_FLAGS=--xla_force_host_platform_device_count=8``;
 in the main run (one CPU device) it is not collected, not even for doctests.
@@ -22,3 +23,4 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 collect_ignore = [] if "xla_force_host_platform_device_count=8" in os.environ.get("XLA_FLAGS", "") else [
     "multidevice_cases.py"
 ]
+collect_ignore.append("multiprocess_worker.py")  # a script that joins other processes: test_multiprocess.py runs it

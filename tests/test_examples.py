@@ -15,6 +15,7 @@ NEEDS = {  # script: (its modules, arguments that keep it short)
     "port_pytorch.py": (("torch",), []),
     "onnx_node.py": (("onnx", "onnxruntime"), []),
     "sharded_volume.py": ((), ["--size", "8"]),
+    "multi_process.py": ((), []),
 }
 
 
@@ -37,4 +38,5 @@ def test_example_runs(script):
         first, last_loss = (float(v) for v in last.replace(",", "").split()[-6::5])
         assert last_loss < 0.6 * first, last
     else:
-        assert last.startswith(("the ported layer matches", "every node matches", "both sharded forms match")), last
+        assert last.startswith(("the ported layer matches", "every node matches", "both sharded forms match",
+                                "the multi-process training matches")), last

@@ -14,6 +14,8 @@ import sys
 import pytest
 from support import FAST_COMPILE
 
+from jax_deconv import native_kernels
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -31,4 +33,6 @@ def test_multidevice_cases_pass_on_8_devices():
     )
     report = out.stdout[-6000:] + out.stderr[-2000:]
     assert out.returncode == 0, report
-    assert " passed" in out.stdout and "skipped" not in out.stdout and "failed" not in out.stdout, report
+    assert " passed" in out.stdout and "failed" not in out.stdout, report
+    if native_kernels() is not None:  # (without them, the cases of the kernels' partitioning skip)
+        assert "skipped" not in out.stdout, report

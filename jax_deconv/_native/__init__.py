@@ -16,6 +16,12 @@ The first three are bilinear, and the transposes of each are the other two, as f
 tangent in ``b`` broadcast in float32 at least, so the bias gradient is summed in float32).
 ``vmap`` folds a mapped ``x`` (or ``dy``) into the batch and maps anything else with ``lax.map``.
 
+Sharding: under ``jit`` on several CPU devices (arrays on a mesh with ``AxisType.Auto`` axes,
+or ``in_shardings``), each primitive is bound as its ``_spmd`` variant, whose custom call XLA's
+partitioner splits along the batch (``custom_partitioning``): each device runs the kernels on
+its own examples, the weight gradient's per-device sums are added by one all-reduce, and any
+other split is gathered first. Inside ``shard_map`` (manual axes) the call is the plain one.
+
 Lowering: on CPU, with the kernels built, a custom call to them; everywhere else, and in
 ``jax.export`` (whose programs must carry no custom call), the same maps in plain XLA, through
 the lowering that ``jax_deconv._lowering`` registers with :func:`set_xla_forward`. Without the
@@ -27,6 +33,7 @@ says why and names the algorithms that compute the call.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import sys
@@ -37,6 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
@@ -210,6 +218,18 @@ dx_p = Primitive("jax_deconv_native_dx")
 dw_p = Primitive("jax_deconv_native_dw")
 forward_bias_p = Primitive("jax_deconv_native_forward_bias")
 _RESULT = {forward_p: "y", dx_p: "x", dw_p: "w", forward_bias_p: "y"}
+# The same maps as XLA's SPMD partitioner splits them along the batch (:func:`_batch_partitioned`),
+# bound instead where an operand lies on a CPU mesh of several devices with an Auto axis (plain
+# ``jit`` on sharded arrays). Apart, because their lowering needs the devices: a program without
+# them stays device-oblivious (e.g. ``jax.export`` with an abstract mesh).
+_SPMD = {p: Primitive(p.name + "_spmd") for p in _RESULT}
+_BASE = {**{p: p for p in _RESULT}, **{v: p for p, v in _SPMD.items()}}
+try:  # JAX's registry of primitives whose lowering sees the devices (as its custom_partitioning's)
+    from jax._src.dispatch import prim_requires_devices_during_lowering as _needs_devices
+
+    _needs_devices.update(_SPMD.values())
+except (ImportError, AttributeError):  # a JAX without it: calls on sharded arrays run gathered
+    _SPMD = {p: p for p in _RESULT}
 
 
 def _abstract(prim: Primitive):
@@ -217,7 +237,7 @@ def _abstract(prim: Primitive):
         # Inside shard_map, the result varies over the manual axes its operands vary over
         # (:func:`_bind` makes both operands vary over the same ones) and is unsharded within.
         sharding = jax.sharding.NamedSharding(a.sharding.mesh, jax.sharding.PartitionSpec())
-        return a.update(shape=geometry.shapes()[_RESULT[prim]], sharding=sharding, weak_type=False)
+        return a.update(shape=geometry.shapes()[_RESULT[_BASE[prim]]], sharding=sharding, weak_type=False)
 
     return rule
 
@@ -227,14 +247,29 @@ def _varying(value: Any) -> frozenset:
     return frozenset(getattr(getattr(jax.typeof(value), "manual_axis_type", None), "varying", ()))
 
 
+def _partitioned(operands: Sequence[Any]) -> bool:
+    """Whether XLA's SPMD partitioner may split a call on ``operands`` over several CPU devices:
+    they lie on a CPU mesh of several devices with an Auto axis (``jit`` on sharded arrays) or,
+    carrying no mesh (``jit(..., in_shardings=...)``), the process has several CPU devices."""
+    meshes = [getattr(getattr(jax.typeof(v), "sharding", None), "mesh", None) for v in operands]
+    meshes = [m for m in meshes if m is not None and not m.empty]
+    if not meshes:
+        return jax.default_backend() == "cpu" and jax.device_count() > 1
+    return any(m.size > 1 and getattr(m, "auto_axes", ()) and getattr(m.abstract_device, "platform", None) == "cpu"
+               for m in meshes)
+
+
 def _bind(prim: Primitive, *operands: Any, geometry: Geometry) -> jax.Array:
-    """``prim.bind`` with every operand varying over the same manual axes, as JAX's own
-    primitives have them (a device's block of x with a weight replicated over its axis)."""
+    """``prim.bind`` (its batch-partitioned variant for operands on a partitioned CPU mesh) with
+    every operand varying over the same manual axes, as JAX's own primitives have them (a
+    device's block of x with a weight replicated over its axis)."""
     every = frozenset().union(*map(_varying, operands))
     operands = tuple(
         lax.pcast(v, tuple(sorted(every - _varying(v))), to="varying") if every - _varying(v) else v
         for v in operands
     )
+    if _partitioned(operands):
+        prim = _SPMD[_BASE[prim]]
     return prim.bind(*operands, geometry=geometry)
 
 
@@ -245,26 +280,29 @@ def _impl(prim: Primitive):
     return impl
 
 
-for _prim in _RESULT:
+for _prim in _BASE:
     _prim.def_impl(_impl(_prim))
     _prim.def_abstract_eval(_abstract(_prim))
 
 # Transposes: each map's transpose in either operand is one of the other two.
-ad.defbilinear(
-    forward_p,
-    lambda ct, x, wf, *, geometry: _bind(dx_p, ct, wf, geometry=geometry),
-    lambda ct, x, wf, *, geometry: _bind(dw_p, x, ct, geometry=geometry),
-)
-ad.defbilinear(
-    dx_p,
-    lambda ct, dy, wf, *, geometry: _bind(forward_p, ct, wf, geometry=geometry),
-    lambda ct, dy, wf, *, geometry: _bind(dw_p, ct, dy, geometry=geometry),
-)
-ad.defbilinear(
-    dw_p,
-    lambda ct, x, dy, *, geometry: _bind(dx_p, dy, ct, geometry=geometry),
-    lambda ct, x, dy, *, geometry: _bind(forward_p, x, ct, geometry=geometry),
-)
+for _prim in {forward_p, _SPMD[forward_p]}:
+    ad.defbilinear(
+        _prim,
+        lambda ct, x, wf, *, geometry: _bind(dx_p, ct, wf, geometry=geometry),
+        lambda ct, x, wf, *, geometry: _bind(dw_p, x, ct, geometry=geometry),
+    )
+for _prim in {dx_p, _SPMD[dx_p]}:
+    ad.defbilinear(
+        _prim,
+        lambda ct, dy, wf, *, geometry: _bind(forward_p, ct, wf, geometry=geometry),
+        lambda ct, dy, wf, *, geometry: _bind(dw_p, ct, dy, geometry=geometry),
+    )
+for _prim in {dw_p, _SPMD[dw_p]}:
+    ad.defbilinear(
+        _prim,
+        lambda ct, x, dy, *, geometry: _bind(dx_p, dy, ct, geometry=geometry),
+        lambda ct, x, dy, *, geometry: _bind(forward_p, x, ct, geometry=geometry),
+    )
 
 
 def _wide(dtype: Any) -> Any:
@@ -291,14 +329,14 @@ def _forward_bias_jvp(primals, tangents, *, geometry: Geometry):
     return y, tangent
 
 
-ad.primitive_jvps[forward_bias_p] = _forward_bias_jvp
+ad.primitive_jvps[forward_bias_p] = ad.primitive_jvps[_SPMD[forward_bias_p]] = _forward_bias_jvp
 
 
 def _batch(prim: Primitive):
     def rule(args, dims, *, geometry: Geometry):
         a, *rest = args
         da, *drest = dims
-        if all(d is None for d in drest) and prim is not dw_p:  # a mapped x or dy: more examples
+        if all(d is None for d in drest) and _BASE[prim] is not dw_p:  # a mapped x or dy: more examples
             a = jnp.moveaxis(a, da, 0)
             size, n = a.shape[0], geometry.batch
             wide = dataclasses.replace(geometry, batch=size * n)
@@ -312,7 +350,7 @@ def _batch(prim: Primitive):
     return rule
 
 
-for _prim in _RESULT:
+for _prim in _BASE:
     batching.primitive_batchers[_prim] = _batch(_prim)
 
 
@@ -369,16 +407,90 @@ def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[..., jax.Array]:
 
 
 def _lowering(prim: Primitive, native: bool):
+    base = _BASE[prim]
+
     def rule(ctx, *operands, geometry: Geometry):
         for_export = getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
         dtype = ctx.avals_in[0].dtype
-        if native and AVAILABLE and not for_export and dtype in DTYPES and _nonempty(geometry):
-            fn = _ffi_map(prim, geometry)
+        if not (native and AVAILABLE and not for_export and dtype in DTYPES and _nonempty(geometry)):
+            fn = _xla_map(base, geometry, "cpu" if native else "gpu")
+        elif prim is base:
+            fn = _ffi_map(base, geometry)
         else:
-            fn = _xla_map(prim, geometry, "cpu" if native else "gpu")
+            fn = _batch_partitioned(base, geometry)
         return mlir.lower_fun(fn, multiple_results=False)(ctx, *operands)
 
     return rule
+
+
+@functools.lru_cache(maxsize=256)
+def _batch_partitioned(prim: Primitive, geometry: Geometry) -> Callable[..., jax.Array]:
+    """The kernel call as XLA's SPMD partitioner splits it under ``jit`` on sharded arrays
+    (``AxisType.Auto`` meshes): along the batch, each device on its own examples (no gather of
+    ``x`` or ``dy``), the weight and bias replicated; the weight gradient's per-device sums are
+    added by one all-reduce. Any other sharding of the operands is gathered first. On one
+    device, and inside ``shard_map``, this is the call itself."""
+    batch_operands = 2 if prim is dw_p else 1  # x (or dy), and dy for the weight gradient
+
+    @custom_partitioning
+    def call(*operands):
+        return _ffi_map(prim, geometry)(*operands)
+
+    def split_of(mesh, arg_shapes) -> tuple[Any, int]:
+        """The mesh axes the batch is split over (an entry of a PartitionSpec) and their size."""
+        entry = _batch_entry(arg_shapes[0].sharding)
+        if entry is None or any(_batch_entry(a.sharding) != entry for a in arg_shapes[1:batch_operands]):
+            return None, 1
+        shards = math.prod(mesh.shape[name] for name in (entry if isinstance(entry, tuple) else (entry,)))
+        return (entry, shards) if geometry.batch % shards == 0 else (None, 1)
+
+    def infer(mesh, arg_shapes, result_shape):  # (used where Shardy is off)
+        del result_shape
+        entry, _ = split_of(mesh, arg_shapes)
+        spec = jax.sharding.PartitionSpec() if prim is dw_p else jax.sharding.PartitionSpec(entry)
+        return jax.sharding.NamedSharding(mesh, spec)
+
+    def partition(mesh, arg_shapes, result_shape):
+        del result_shape
+        entry, shards = split_of(mesh, arg_shapes)
+        split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(entry))
+        whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+        local = _ffi_map(prim, dataclasses.replace(geometry, batch=geometry.batch // shards))
+
+        def lower(*operands):
+            if prim is not dw_p or entry is None:
+                return local(*operands)
+            # per-device sums added in float32 at least and rounded once (bfloat16 as on one device)
+            wide = _wide(operands[0].dtype)
+            return lax.psum(local(*(v.astype(wide) for v in operands)), entry).astype(operands[0].dtype)
+
+        in_shardings = tuple(split if i < batch_operands else whole for i in range(len(arg_shapes)))
+        return mesh, lower, whole if prim is dw_p else split, in_shardings
+
+    rule, others = _sharding_rule(prim, geometry.ndim)
+    call.def_partition(partition, infer_sharding_from_operands=infer, sharding_rule=rule,
+                       reduction_factors=("n",) if prim is dw_p else (), need_replication_factors=others)
+    return call
+
+
+def _batch_entry(sharding: Any) -> Any:
+    """The PartitionSpec entry of an operand's leading (batch) axis: None when unsplit or when
+    the sharding has no mesh axis names (then the call runs gathered, as XLA would)."""
+    spec = getattr(sharding, "spec", None)
+    return spec[0] if spec else None
+
+
+def _sharding_rule(prim: Primitive, ndim: int) -> tuple[str, tuple[str, ...]]:
+    """Shardy's rule for ``prim`` (einsum-like: the batch factor ``n`` shared by the operands
+    and result that carry it) and the factors that must stay whole (every other axis)."""
+    x = ["n", *(f"s{i}" for i in range(ndim)), "c"]
+    y = ["n", *(f"o{i}" for i in range(ndim)), "e"]
+    w = ["g", *(f"k{i}" for i in range(ndim)), "i", "j"]
+    operands, result = {forward_p: ([x, w], y), forward_bias_p: ([x, w, ["f"]], y), dx_p: ([y, w], x),
+                        dw_p: ([x, y], w)}[prim]
+    rule = ", ".join(" ".join(o) for o in operands) + " -> " + " ".join(result)
+    factors = dict.fromkeys(f for o in (*operands, result) for f in o if f != "n")  # in order of appearance
+    return rule, tuple(factors)
 
 
 def _nonempty(geometry: Geometry) -> bool:
@@ -386,7 +498,7 @@ def _nonempty(geometry: Geometry) -> bool:
     return all(math.prod(shape) > 0 for shape in sizes.values())
 
 
-for _prim in _RESULT:
+for _prim in _BASE:
     mlir.register_lowering(_prim, _lowering(_prim, native=False))
     mlir.register_lowering(_prim, _lowering(_prim, native=True), platform="cpu")
 
