@@ -48,7 +48,11 @@ setup(
             language="c++",
             extra_compile_args=flags,
             extra_link_args=link,
+            # Python's limited C API (3.11 on): one compiled module, and one wheel, for every CPython
+            define_macros=[("Py_LIMITED_API", "0x030B0000")],
+            py_limited_api=True,
         )
     ],
     cmdclass={"build_ext": OptionalBuildExt},
+    options={"bdist_wheel": {"py_limited_api": "cp311"}},
 )

@@ -10,7 +10,7 @@ from jax_deconv._conv_transpose import (
 )
 from jax_deconv._layer import ConvTranspose, ConvTranspose1d, ConvTranspose2d, ConvTranspose3d
 from jax_deconv._lowering import choose_algorithm
-from jax_deconv._native import native_kernels
+from jax_deconv._native import native_kernels, native_kernels_unavailable
 from jax_deconv._onnx import onnx_conv_transpose, onnx_to_dragon
 from jax_deconv._plan import Plan
 from jax_deconv._sharding import conv_transpose_halo, halo_sizes
@@ -52,6 +52,7 @@ __all__ = [
     "halo_sizes",
     "lax",
     "native_kernels",
+    "native_kernels_unavailable",
     "onnx_conv_transpose",
     "onnx_to_dragon",
 ]

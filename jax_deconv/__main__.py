@@ -1,6 +1,7 @@
 """``python -m jax_deconv`` (installed as the command ``jax-deconv``): a self-check to run on new hardware.
 
-Prints the JAX version and device, runs Dragon's documentation example, then checks a bundled set
+Prints the JAX version and device, whether the native CPU kernels run (and, if not, why and
+what to do), runs Dragon's documentation example, then checks a bundled set
 of cases computed by the real Dragon 0.3.0 (``data/golden_selfcheck.npz``: every 10th case
 of the small golden set and every 8th of the large one) on the current backend: forward and
 the dx, dw, db of the VJP under the stored upstream gradient. Exit status 0 when all match.
@@ -67,11 +68,19 @@ def jaxlib_version() -> str:
     return getattr(jaxlib, "__version__", "?")
 
 
-def selfcheck(algorithm: str) -> int:
-    print(f"jax_deconv {jax_deconv.__version__}, jax {jax.__version__}, jaxlib {jaxlib_version()}")
+def selfcheck(algorithm: str, require_native: bool = False) -> int:
+    print(f"jax_deconv {jax_deconv.__version__} from {os.path.dirname(os.path.abspath(jax_deconv.__file__))}, "
+          f"jax {jax.__version__}, jaxlib {jaxlib_version()}")
     print(f"backend {jax.default_backend()}: {', '.join(str(d) for d in jax.devices())}")
     isa = jax_deconv.native_kernels()
-    print(f"native CPU kernels: {'built, running ' + isa if isa else 'not built (the XLA lowerings run on CPU)'}")
+    if isa:
+        print(f"native CPU kernels: built, running {isa}")
+    else:
+        print(f"native CPU kernels: NOT AVAILABLE, the slower XLA lowerings run on CPU instead: "
+              f"{jax_deconv.native_kernels_unavailable()}")
+        if require_native:
+            print("FAILED (--require-native)")
+            return 1
     x, w = jnp.ones((1, 2, 2, 2, 2)), jnp.ones((2, 3, 1, 1, 1))
     y = jax_deconv.conv3d_transpose([x, w], kernel_shape=1, output_padding=(1, 1, 1), output_shape=(3, 3, 3))
     print(f"Dragon documentation example: conv3d_transpose -> shape {y.shape}, sum {float(y.sum())} (expected 48.0)")
@@ -105,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--algorithm", default="auto", choices=ALGORITHMS,
                         help="lowering to check (default: auto)")
-    return selfcheck(parser.parse_args(argv).algorithm)
+    parser.add_argument("--require-native", action="store_true",
+                        help="fail (exit status 1) when the native CPU kernels are not available")
+    args = parser.parse_args(argv)
+    return selfcheck(args.algorithm, args.require_native)
 
 
 if __name__ == "__main__":

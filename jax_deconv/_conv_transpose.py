@@ -16,6 +16,7 @@ from jax import lax
 
 from jax_deconv._inputs import check_preferred, promote, static_sizes, unpack_inputs
 from jax_deconv._lowering import bind
+from jax_deconv._names import redirect_pytorch_names
 from jax_deconv._plan import Plan, check_shape, make_plan
 from jax_deconv._sharding import under_explicit_sharding
 from jax_deconv._types import Algorithm, DataFormat, Padding
@@ -70,6 +71,7 @@ def _check_default_kernel(op: str, kernel_shape: Any, x_shape: Sequence[Any]) ->
         )
 
 
+@redirect_pytorch_names
 def conv_transpose(
     inputs: Sequence[jax.typing.ArrayLike],
     kernel_shape: int | Sequence[int] = DEFAULT_KERNEL,
@@ -91,12 +93,10 @@ def conv_transpose(
 
     The number of spatial axes ``n`` is ``x.ndim - 2``.
 
-    ============  ==========================  ================================  ===============
-    data_format   x                           weight                            y
-    ============  ==========================  ================================  ===============
-    ``'NCHW'``    ``(N, C_in, S1..Sn)``       ``(C_in, C_out/group, K1..Kn)``   ``(N, C_out, O1..On)``
-    ``'NHWC'``    ``(N, S1..Sn, C_in)``       ``(C_in, K1..Kn, C_out/group)``   ``(N, O1..On, C_out)``
-    ============  ==========================  ================================  ===============
+    | data_format | x | weight | y |
+    |---|---|---|---|
+    | ``'NCHW'`` | ``(N, C_in, S1..Sn)`` | ``(C_in, C_out/group, K1..Kn)`` | ``(N, C_out, O1..On)`` |
+    | ``'NHWC'`` | ``(N, S1..Sn, C_in)`` | ``(C_in, K1..Kn, C_out/group)`` | ``(N, O1..On, C_out)`` |
 
     bias: ``(C_out,)``. Per axis, the full result has length ``L = s*(S-1) + d*(K-1) + 1`` and
     ``y`` is it cropped by ``pad_begin`` at the front; positions past ``L`` are zero (+ bias).
@@ -196,7 +196,7 @@ def _fixed_rank(ndim: int, example: str):
     Examples:
 {example}
     """
-    return wrapper
+    return redirect_pytorch_names(wrapper)
 
 
 conv1d_transpose = _fixed_rank(1, """\
@@ -223,6 +223,7 @@ conv3d_transpose = _fixed_rank(3, """\
       (1, 3, 3, 3, 3)""")
 
 
+@redirect_pytorch_names
 def conv_transpose_plan(
     x_shape: Sequence[int],
     weight_shape: Sequence[int],

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax as _lax
 
+from jax_deconv import _native as native
 from jax_deconv._conv import conv_native, unsupported, worth_it
 from jax_deconv._types import CONV_ALGORITHMS, ConvAlgorithm
 
@@ -49,10 +50,11 @@ def conv_general_dilated(
     ``(C_out, C_in/G, K..)`` in the default layouts give ``(N, C_out, O..)``, ``O = floor((S + lo
     + hi - d*(K-1) - 1) / s) + 1``. See the module docstring for what is passed to ``jax.lax``.
 
+    ``lhs``, ``rhs``, ``window_strides``, ``padding``, ``lhs_dilation``, ``rhs_dilation``,
+    ``dimension_numbers``, ``feature_group_count``, ``batch_group_count``, ``precision``,
+    ``preferred_element_type`` and ``out_sharding`` are ``jax.lax.conv_general_dilated``'s.
+
     Args:
-      lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
-        feature_group_count, batch_group_count, precision, preferred_element_type,
-        out_sharding: as ``jax.lax.conv_general_dilated``.
       algorithm: ``'auto'`` (the native kernels on CPU where they take the call and would not
         run many tiny matrix products, else ``jax.lax``), ``'native'`` (refused by name where
         the kernels cannot run the call) or ``'xla'`` (``jax.lax`` itself).
@@ -88,6 +90,7 @@ def conv_general_dilated(
     if isinstance(call, str):
         if algorithm == "native":
             raise ValueError(f"{op}: algorithm='native' cannot run this call: {call}; use 'auto' or 'xla'.")
+        native.warn_unavailable_once()
         return original()
     x, w, strides, pads, dilations, dtype, dn = call
     groups = int(feature_group_count)

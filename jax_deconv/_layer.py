@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from jax_deconv._conv_transpose import _conv_transpose
 from jax_deconv._cost import check_max_buffer_bytes
+from jax_deconv._names import redirect_pytorch_names
 from jax_deconv._plan import _as_int, _as_sequence, _choice, _is_int, _output_sizes, per_axis, resolve_pads
 from jax_deconv._types import ALGORITHMS, DATA_FORMATS, PADDINGS, Algorithm, DataFormat, Padding
 
@@ -76,6 +77,7 @@ pads=(1, 1, 1, 1, 1, 1))
         return f"{type(self).__name__}({', '.join(fields)})"
 
     @classmethod
+    @redirect_pytorch_names
     def init(
         cls,
         key: jax.Array,
@@ -246,6 +248,7 @@ def _register(cls: type) -> type:
         return layer
 
     jax.tree_util.register_pytree_with_keys(cls, flatten, unflatten)
+    cls.__init__ = redirect_pytorch_names(cls.__init__)  # (the dataclass's, made for each class)
     return cls
 
 

@@ -431,6 +431,7 @@ def apply(x, w, b, *, plan: Plan, algorithm: str, precision, preferred, max_buff
     """Run ``plan`` with ``algorithm`` (``'auto'``: per platform, see :func:`choose_algorithm`)."""
     if algorithm != "auto":
         return _lower(x, w, b, plan, algorithm, precision, preferred, max_buffer_bytes)
+    native.warn_unavailable_once()
     dtype = jnp.result_type(x, w)
     on_cpu = choose_algorithm(plan, dtype, "cpu", max_buffer_bytes=max_buffer_bytes)
     elsewhere = choose_algorithm(plan, dtype, "gpu", max_buffer_bytes=max_buffer_bytes)

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from jax_deconv._names import padding_hint
 from jax_deconv._types import DATA_FORMATS, PADDINGS
 
 MAX_ARGUMENT = 2**31 - 1
@@ -378,7 +379,13 @@ def make_plan(
     ((1, 3, 3, 3, 3), (0, 0, 0), (-1, -1, -1))
     """
     data_format = _choice(op, "data_format", data_format, DATA_FORMATS)
-    padding = _choice(op, "padding", padding, PADDINGS)
+    try:
+        padding = _choice(op, "padding", padding, PADDINGS)
+    except (TypeError, ValueError) as error:
+        hint = padding_hint(padding)
+        if not hint:
+            raise
+        raise type(error)(f"{str(error)[:-1]}{hint}.") from None
     x_shape, w_shape = tuple(x_shape), tuple(w_shape)
     n = len(x_shape) - 2 if ndim is None else ndim
     if len(x_shape) != n + 2 or n < 1:

@@ -37,6 +37,7 @@ from jax import lax
 
 from jax_deconv._inputs import check_preferred, promote, static_sizes, unpack_inputs
 from jax_deconv._lowering import bind
+from jax_deconv._names import redirect_pytorch_names
 from jax_deconv._plan import Plan, _as_int, full_length, make_plan
 from jax_deconv._types import Algorithm, DataFormat, Padding
 
@@ -177,6 +178,7 @@ def _hashable(value: Any) -> bool:
     return True
 
 
+@redirect_pytorch_names
 def conv_transpose_halo(
     inputs: Sequence[jax.typing.ArrayLike],
     *,

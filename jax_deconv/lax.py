@@ -77,13 +77,11 @@ def conv_transpose(
 
     Arguments and results are those of ``jax.lax.conv_transpose``:
 
-    ===========================  ================================  ============================
-    dimension_numbers (default)  lhs                               rhs
-    ===========================  ================================  ============================
-    1-D ``('NHC','HIO','NHC')``  ``(N, S, C_in)``                  ``(K, I, O)``
-    2-D ``('NHWC','HWIO',..)``   ``(N, S1, S2, C_in)``             ``(K1, K2, I, O)``
-    3-D ``('NHWDC','HWDIO',..)`` ``(N, S1, S2, S3, C_in)``         ``(K1, K2, K3, I, O)``
-    ===========================  ================================  ============================
+    | dimension_numbers (default) | lhs | rhs |
+    |---|---|---|
+    | 1-D ``('NHC','HIO','NHC')`` | ``(N, S, C_in)`` | ``(K, I, O)`` |
+    | 2-D ``('NHWC','HWIO',..)`` | ``(N, S1, S2, C_in)`` | ``(K1, K2, I, O)`` |
+    | 3-D ``('NHWDC','HWDIO',..)`` | ``(N, S1, S2, S3, C_in)`` | ``(K1, K2, K3, I, O)`` |
 
     ``transpose_kernel=False``: ``I = C_in / feature_group_count``, ``O = C_out``, and the
     kernel is correlated with the stride-dilated input as it is. ``transpose_kernel=True``:

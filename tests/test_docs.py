@@ -1,11 +1,13 @@
-"""Every Python block of README.md and docs/*.md runs, in order per page, as one script.
+"""Every Python block of README.md and docs/*.md runs alone, as a user would paste it.
 
-A page runs in a fresh interpreter, its blocks in order (a block may use what an earlier one
-defined). A block preceded by ``<!-- requires: flax, optax -->`` needs those modules: where one
-is missing, that block and the rest of the page are skipped. A page holding
-``<!-- devices: 8 -->`` runs on 8 simulated CPU devices. Fenced blocks must name their
-language, and only ``python`` blocks are code to run (``bash`` and ``text`` are not), so a page
-cannot gain a Python block that no test runs.
+Each block runs by itself in a fresh interpreter (it repeats its imports; a page on several
+devices creates them in each block's first lines), and what it states it prints, in a
+``print(...)  # -> OUTPUT`` comment (or a ``# -> OUTPUT`` line right after the ``print``), it
+must print (``...`` stands for any text). Code lines are at most 100 characters (the site shows
+that many without scrolling in a 1,280-pixel window). A block
+preceded by ``<!-- requires: flax, optax -->`` needs those modules and is skipped without them.
+Fenced blocks must name their language, and only ``python`` blocks are code to run (``bash``
+and ``text`` are not), so a page cannot gain a Python block that no test runs.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ import subprocess
 import sys
 
 import pytest
+from support import FAST_COMPILE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, "docs")
 PAGES = ["README.md", *sorted(os.path.join("docs", f) for f in os.listdir(DOCS) if f.endswith(".md"))]
 FENCE = re.compile(r"^( *)```([^\n`]*)\n(.*?)^\1```[ \t]*$", re.M | re.S)
 REQUIRES = re.compile(r"<!-- requires: ([\w, .-]+) -->\s*(?:<!--[^\n]*-->\s*)*$")
-LANGUAGES = {"python", "bash", "text"}
+LANGUAGES = {"python", "bash", "text", "py"}  # py: an example script included whole
 
 
 def blocks(page: str) -> list[tuple[str, str, list[str]]]:
@@ -50,24 +53,72 @@ def test_fenced_blocks_name_a_known_language(page):
     assert set(languages) <= LANGUAGES, f"{page}: blocks in {sorted(set(languages) - LANGUAGES)}"
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if any(lang == "python" for lang, _, _ in blocks(p))])
-def test_python_blocks_run(page):
-    script, skipped = [], None
-    for i, (language, code, modules) in enumerate(blocks(page)):
-        if language != "python":
-            continue
-        missing = [m for m in modules if importlib.util.find_spec(m) is None]
-        if missing:
-            skipped = f"block {i} needs {', '.join(missing)}"
-            break
-        script.append(f"# ---- {page}, block {i}\n{code}")
+BLOCKS = [(page, i) for page in PAGES for i, (language, _, _) in enumerate(blocks(page)) if language == "python"]
+STATED = re.compile(r"^(\s*)print\((.*)\)\s*# -> (.*)$")
+
+
+def checked(code: str) -> str:
+    """``code`` with each ``print(...)  # -> OUTPUT`` line also checking that it prints OUTPUT
+    (``...`` in OUTPUT stands for any text)."""
+    lines = code.splitlines()
+    for i, line in enumerate(lines):
+        nxt = re.match(r"^\s*# -> (.*)$", lines[i + 1]) if i + 1 < len(lines) else None
+        match = STATED.match(line) or (re.match(r"^(\s*)print\((.*)\)\s*$", line) and nxt and STATED.match(
+            f"{line}  # -> {nxt.group(1)}"))
+        if match:
+            indent, args, want = match.groups()
+            lines[i] = f"{indent}_stated({want.strip()!r}, {args})"
+    helper = (
+        "def _stated(want, *args, **kwargs):\n"
+        "    import io, re\n"
+        "    out = io.StringIO(); print(*args, **kwargs, file=out); got = out.getvalue().rstrip('\\n')\n"
+        "    print(got)\n"
+        "    pattern = '.*'.join(map(re.escape, want.split('...')))\n"
+        "    assert re.fullmatch(pattern, got, re.S), f'the page states {want!r}; it printed {got!r}'\n"
+    )
+    return helper + "\n".join(lines)
+
+
+def test_stated_outputs_are_rewritten_into_checks():
+    code = checked('x = 1\nprint(x + 1, "a")  # -> 2 a\nprint(x)  # -> 1...\nprint(x)\n# -> 1')
+    assert "_stated('2 a', x + 1, \"a\")" in code and "_stated('1...', x)" in code and "_stated('1', x)" in code
+    with pytest.raises(AssertionError, match="states '3'"):
+        exec(checked("print(1 + 1)  # -> 3"), {})
+    exec(checked("print([1, 2])  # -> [1, ...]"), {})
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_py_blocks_only_include_example_scripts(page):
+    """``py`` blocks show a script of examples/ (run by test_examples.py), included whole."""
+    for language, code, _ in blocks(page):
+        if language == "py":
+            match = re.fullmatch(r'--8<-- "(examples/\w+\.py)"\s*', code)
+            assert match and os.path.exists(os.path.join(ROOT, match.group(1))), code
+
+
+def test_every_example_is_shown():
+    shown = "".join(code for language, code, _ in blocks("docs/examples.md") if language == "py")
+    scripts = sorted(f for f in os.listdir(os.path.join(ROOT, "examples")) if f.endswith(".py"))
+    assert scripts and all(f'"examples/{f}"' in shown for f in scripts), scripts
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_code_lines_fit_the_page(page):
+    long = [line for language, code, _ in blocks(page) if language != "py" for line in code.splitlines()
+            if len(line) > 100]
+    assert not long, f"{page}: lines over 100 characters: {long}"
+
+
+@pytest.mark.parametrize("page,index", BLOCKS, ids=[f"{p}-{i}" for p, i in BLOCKS])
+def test_python_block_runs_alone(page, index):
+    """Each block, pasted alone into a fresh interpreter (no simulated devices but those it
+    creates), runs, and prints what its ``# -> OUTPUT`` comments state."""
+    _, code, modules = blocks(page)[index]
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{page} block {index} needs {', '.join(missing)}")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    with open(os.path.join(ROOT, page), encoding="utf-8") as f:
-        if "<!-- devices: 8 -->" in f.read():
-            env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    if script:
-        out = subprocess.run([sys.executable, "-c", "\n\n".join(script)], capture_output=True, text=True, cwd=ROOT,
-                             env=env, timeout=600)
-        assert out.returncode == 0, f"{page}:\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"
-    if skipped:
-        pytest.skip(f"{page}: {skipped}")
+    env["XLA_FLAGS"] = FAST_COMPILE  # the suite's compile level (conftest.py)
+    out = subprocess.run([sys.executable, "-c", checked(code)], capture_output=True, text=True, cwd=ROOT, env=env,
+                         timeout=600)
+    assert out.returncode == 0, f"{page}, block {index}:\n{code}\n---\n{out.stdout[-2000:]}\n{out.stderr[-4000:]}"

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jax_deconv
 from jax_deconv import conv2d_transpose, conv3d_transpose, conv_transpose, conv_transpose_plan
 
 X = np.ones((1, 4, 3, 3), np.float32)  # NCHW, C_in = 4
@@ -125,3 +126,39 @@ def test_rank_of_generic_op():
 def test_plan_raises_the_same_errors():
     with pytest.raises(ValueError, match=r"conv_transpose: `group` \(=3\) must divide"):
         conv_transpose_plan(X.shape, W.shape, kernel_shape=3, group=3)
+
+
+PYTORCH_CALLS = {  # entry point -> a call with Dragon's names that works
+    "conv3d_transpose": lambda **kw: jax_deconv.conv3d_transpose([jnp.ones((1, 2, 3, 3, 3)), jnp.ones((2, 1, 2, 2, 2))],
+                                                                 kernel_shape=2, **kw),
+    "conv_transpose": lambda **kw: jax_deconv.conv_transpose([jnp.ones((1, 2, 3, 3)), jnp.ones((2, 1, 2, 2))],
+                                                             kernel_shape=2, **kw),
+    "conv_transpose_plan": lambda **kw: jax_deconv.conv_transpose_plan((1, 2, 3, 3), (2, 1, 2, 2), kernel_shape=2,
+                                                                       **kw),
+    "ConvTranspose3d.init": lambda **kw: jax_deconv.ConvTranspose3d.init(jax.random.key(0), 2, 1, 2, **kw),
+    "ConvTranspose2d": lambda **kw: jax_deconv.ConvTranspose2d(weight=jnp.ones((2, 1, 2, 2)), bias=None,
+                                                               kernel_shape=2, **kw),
+}
+PYTORCH_KEYWORDS = {"groups": ("group", 1), "dilation": ("dilations", 1), "kernel_size": ("kernel_shape", None),
+                    "stride": ("strides", 2), "output_size": ("output_shape", None)}
+
+
+@pytest.mark.parametrize("entry", PYTORCH_CALLS)
+@pytest.mark.parametrize("keyword", PYTORCH_KEYWORDS)
+def test_pytorch_keywords_are_redirected_by_name(entry, keyword):
+    """PyTorch's keyword names get a TypeError that names Dragon's (Python's own says only
+    "unexpected keyword argument"); the Dragon name itself works."""
+    dragon, value = PYTORCH_KEYWORDS[keyword]
+    with pytest.raises(TypeError, match=rf"^{re.escape(entry)}: `{keyword}=` is PyTorch's keyword; .*did you mean "
+                                        rf"`{dragon}=`\?"):
+        PYTORCH_CALLS[entry](**{keyword: 1})
+    if value is not None:
+        PYTORCH_CALLS[entry](**{dragon: value})
+
+
+def test_pytorch_padding_number_points_to_pads():
+    with pytest.raises(TypeError, match=r"got 1 \(a number of positions is PyTorch's `padding`: here it is `pads=1`\)"):
+        PYTORCH_CALLS["conv3d_transpose"](padding=1)
+    with pytest.raises(TypeError, match=r"ConvTranspose3d.init: `bias=` is PyTorch's keyword; .*`use_bias=`"):
+        PYTORCH_CALLS["ConvTranspose3d.init"](bias=False)
+    PYTORCH_CALLS["conv3d_transpose"](pads=1)

@@ -363,3 +363,28 @@ def test_installed_command_is_the_self_check():
         pytest.skip("the jax-deconv command is not installed in this environment")
     out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "Self-check of jax_deconv" in out.stdout
+
+
+def test_missing_kernels_are_reported_with_a_remedy_and_warned_once(monkeypatch):
+    """Without the kernels (simulated): native_kernels_unavailable() says why and what to do,
+    the first CPU call that falls back to XLA warns once, later ones do not, and the answer is
+    still right; with them it is None."""
+    import warnings
+
+    from jax_deconv import _native
+
+    if jax_deconv.native_kernels() is not None:
+        assert jax_deconv.native_kernels_unavailable() is None
+    monkeypatch.setattr(_native, "AVAILABLE", False)
+    monkeypatch.setattr(_native, "UNAVAILABLE_BECAUSE", "they were not built (simulated)")
+    monkeypatch.setattr(_native, "_warned", [])
+    why = jax_deconv.native_kernels_unavailable()
+    assert why is not None and why.startswith("they were not built (simulated); ") and "C++ compiler" in why
+    x, w = jnp.ones((1, 2, 3, 3)), jnp.ones((2, 1, 2, 2))
+    with pytest.warns(RuntimeWarning, match=r"native CPU kernels are not available.*C\+\+ compiler"):
+        y = jax_deconv.conv2d_transpose([x, w], kernel_shape=2, strides=2)
+    assert float(y.sum()) == 72.0  # 36 outputs, each the sum of 2 channels
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        jax_deconv.conv2d_transpose([x, w], kernel_shape=2, strides=2)
+        jax_deconv.lax.conv_general_dilated(x, jnp.ones((1, 2, 2, 2)), (1, 1), "SAME")

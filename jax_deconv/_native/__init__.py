@@ -36,6 +36,7 @@ import dataclasses
 import functools
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -109,7 +110,36 @@ def _check_isa_request(running: str) -> None:
             f"this build); running {running!r}.", RuntimeWarning, stacklevel=2)
 
 
+def _ffi_mismatch(module: Any) -> str | None:
+    """Why the running jaxlib cannot call kernels built for the XLA FFI API version they report,
+    or None. The running version is read from the FFI headers jaxlib ships (``jax.ffi.include_dir``);
+    a newer minor version still calls older handlers, a newer one than jaxlib's does not."""
+    version = getattr(module, "ffi_api_version", None)
+    if version is None:
+        return None
+    built = tuple(version())
+    try:
+        with open(os.path.join(jax.ffi.include_dir(), "xla", "ffi", "api", "c_api.h"), encoding="utf-8") as f:
+            header = f.read()
+        running = tuple(int(re.search(rf"#define XLA_FFI_API_{part} (\d+)", header).group(1))  # pyright: ignore
+                        for part in ("MAJOR", "MINOR"))
+    except (OSError, AttributeError, ValueError):  # no headers to read: XLA checks at each call
+        return None
+    if running[0] != built[0] or running[1] < built[1]:
+        import jaxlib
+
+        return (f"they were built for XLA FFI API {built[0]}.{built[1]}, and the running jaxlib "
+                f"{getattr(jaxlib, '__version__', '?')} has {running[0]}.{running[1]}")
+    return None
+
+
+REMEDY = ("to get them, install a C++ compiler (g++ or clang++) and reinstall jax_deconv from its source "
+          "(pip install --force-reinstall --no-deps .), or install a jax_deconv wheel built for this jaxlib")
+"""What to do when the native kernels are not available (said wherever that is reported)."""
+
 _kernels, UNAVAILABLE_BECAUSE = _load_kernels()
+if _kernels is not None and (_mismatch := _ffi_mismatch(_kernels)) is not None:
+    _kernels, UNAVAILABLE_BECAUSE = None, _mismatch
 if _kernels is not None:
     _check_isa_request(_kernels.isa())
     for _name, _capsule in _kernels.handlers().items():
@@ -137,6 +167,32 @@ def native_kernels() -> str | None:
       True
     """
     return _kernels.isa() if _kernels is not None else None
+
+
+def native_kernels_unavailable() -> str | None:
+    """Why jax_deconv's native CPU kernels do not run here, and what to do; None when they do
+    (then :func:`native_kernels` names their instruction set).
+
+    Examples:
+      >>> from jax_deconv import native_kernels, native_kernels_unavailable
+      >>> (native_kernels() is None) == (native_kernels_unavailable() is not None)
+      True
+    """
+    return None if AVAILABLE else f"{UNAVAILABLE_BECAUSE}; {REMEDY}"
+
+
+_warned = []
+
+
+def warn_unavailable_once() -> None:
+    """Warn, once per process, that a CPU call runs an XLA lowering for want of the kernels."""
+    if AVAILABLE or _warned or jax.default_backend() != "cpu":
+        return
+    _warned.append(True)
+    import warnings
+
+    warnings.warn(f"jax_deconv: the native CPU kernels are not available, so CPU calls run the slower XLA "
+                  f"lowerings: {native_kernels_unavailable()}.", RuntimeWarning, stacklevel=3)
 
 
 # --------------------------------------------------------------------------- the canonical problem

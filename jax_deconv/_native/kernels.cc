@@ -1110,6 +1110,9 @@ PyObject* handlers(PyObject*, PyObject*) {
 
 PyObject* isa_name(PyObject*, PyObject*) { return PyUnicode_FromString(kernels->isa); }
 
+// The XLA FFI API version of the headers these kernels were compiled with: (major, minor).
+PyObject* ffi_api_version(PyObject*, PyObject*) { return Py_BuildValue("ii", XLA_FFI_API_MAJOR, XLA_FFI_API_MINOR); }
+
 // split(map, geometry, threads) -> (items, segment, unit_blocks): how a call would be cut (tests).
 // items: forward and dx, rows x segments (taken in chunks); dw, its tasks.
 PyObject* split_of(PyObject*, PyObject* args) {
@@ -1119,11 +1122,14 @@ PyObject* split_of(PyObject*, PyObject* args) {
   if (!PyArg_ParseTuple(args, "sOL", &name, &sizes, &threads)) return nullptr;
   const std::string map = name;
   std::vector<int64_t> values;
-  PyObject* seq = PySequence_Fast(sizes, "geometry must be a sequence");
-  if (!seq) return nullptr;
-  for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(seq); ++i)
-    values.push_back(PyLong_AsLongLong(PySequence_Fast_GET_ITEM(seq, i)));
-  Py_DECREF(seq);
+  const Py_ssize_t count = PySequence_Size(sizes);  // (the limited C API: one wheel for every CPython)
+  if (count < 0) return nullptr;
+  for (Py_ssize_t i = 0; i < count; ++i) {
+    PyObject* item = PySequence_GetItem(sizes, i);
+    if (!item) return nullptr;
+    values.push_back(PyLong_AsLongLong(item));
+    Py_DECREF(item);
+  }
   if (PyErr_Occurred()) return nullptr;
   Geometry geo;
   if (!read_geometry(ffi::Span<const int64_t>(values.data(), values.size()), &geo) || threads < 1 ||
@@ -1141,6 +1147,7 @@ PyObject* split_of(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"handlers", handlers, METH_NOARGS, "The FFI handlers: {'forward', 'dx', 'dw'} -> PyCapsule."},
     {"isa", isa_name, METH_NOARGS, "The instruction set the kernels run on this processor."},
+    {"ffi_api_version", ffi_api_version, METH_NOARGS, "The XLA FFI API version they were built for."},
     {"split", split_of, METH_VARARGS, "How a call would be cut into tasks (tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
