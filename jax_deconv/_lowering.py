@@ -431,7 +431,6 @@ def apply(x, w, b, *, plan: Plan, algorithm: str, precision, preferred, max_buff
     """Run ``plan`` with ``algorithm`` (``'auto'``: per platform, see :func:`choose_algorithm`)."""
     if algorithm != "auto":
         return _lower(x, w, b, plan, algorithm, precision, preferred, max_buffer_bytes)
-    native.warn_unavailable_once()
     dtype = jnp.result_type(x, w)
     on_cpu = choose_algorithm(plan, dtype, "cpu", max_buffer_bytes=max_buffer_bytes)
     elsewhere = choose_algorithm(plan, dtype, "gpu", max_buffer_bytes=max_buffer_bytes)
@@ -590,6 +589,8 @@ def bind(
                 reason += f"; algorithm={', '.join(others[:-1])} or {others[-1]} computes it"
             shown = repr(algorithm) if algorithm == name else f"{algorithm!r} (running {name!r})"
             raise ValueError(f"{op}: algorithm={shown} would {reason}.")
+    if algorithm == "auto":  # (here, on every call: apply's trace is cached)
+        native.warn_unavailable_once()
     return functools.partial(
         apply, algorithm=algorithm, precision=precision, preferred=preferred, max_buffer_bytes=budget
     )
