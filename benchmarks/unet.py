@@ -1,13 +1,16 @@
 """A whole small 3-D U-Net training step on CPU: Flax with jax_deconv's ``Conv`` and
 ``ConvTranspose`` against Flax alone and PyTorch (issue 27).
 
-``python benchmarks/unet.py [--size 32] [--threads 2] [--repeats 5]``
+``python benchmarks/unet.py [--size 32] [--threads 2] [--repeats 5] [--dtype bfloat16]``
 
 The network: two 3x3x3 convolutions per level (channels 16, 32, 64), 2x max-pooling down, a
 k2 s2 transposed convolution up with a skip concatenation, a 1x1x1 head; batch 1, one input and
-one output channel, float32, channels-last in JAX and ``channels_last_3d`` in PyTorch. A step is
-loss (mean squared error), gradients and an Adam update, jitted in JAX; median of ``--repeats``
-steps after two warm-ups. PyTorch runs in its own process.
+one output channel, channels-last in JAX and ``channels_last_3d`` in PyTorch. A step is loss
+(mean squared error), gradients and an Adam update, jitted in JAX; median of ``--repeats``
+steps after two warm-ups. PyTorch runs in its own process. ``--dtype bfloat16``: mixed
+precision on both sides (float32 weights and loss; the layers compute in bfloat16: Flax's
+``dtype=jnp.bfloat16``, PyTorch's ``torch.autocast('cpu', torch.bfloat16)``). ``--threads 1``
+sets PyTorch's threads; run the script under ``taskset -c 1`` for one core on both sides.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ def _median_ms(step, repeats: int) -> float:
     return statistics.median(times)
 
 
-def time_flax(size: int, ours: bool, repeats: int) -> float:
+def time_flax(size: int, ours: bool, repeats: int, dtype: str = "float32") -> float:
+    import functools
+
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -42,8 +47,9 @@ def time_flax(size: int, ours: bool, repeats: int) -> float:
 
     from jax_deconv.flax import linen as dnn
 
-    conv_cls = dnn.Conv if ours else nn.Conv
-    up_cls = dnn.ConvTranspose if ours else nn.ConvTranspose
+    compute = jnp.dtype(dtype)
+    conv_cls = functools.partial(dnn.Conv if ours else nn.Conv, dtype=compute)
+    up_cls = functools.partial(dnn.ConvTranspose if ours else nn.ConvTranspose, dtype=compute)
 
     class UNet(nn.Module):
         @nn.compact
@@ -59,7 +65,7 @@ def time_flax(size: int, ours: bool, repeats: int) -> float:
                 x = up_cls(width, (2, 2, 2), strides=(2, 2, 2))(x)
                 x = jnp.concatenate([x, skip], axis=-1)
                 x = nn.relu(conv_cls(width, (3, 3, 3))(x))
-            return conv_cls(1, (1, 1, 1))(x)
+            return conv_cls(1, (1, 1, 1))(x).astype(jnp.float32)
 
     x = jax.random.normal(jax.random.key(0), (1, size, size, size, 1))
     target = jax.random.normal(jax.random.key(1), (1, size, size, size, 1))
@@ -83,7 +89,7 @@ def time_flax(size: int, ours: bool, repeats: int) -> float:
     return _median_ms(run, repeats)
 
 
-def time_torch(size: int, threads: int, repeats: int) -> float:
+def time_torch(size: int, threads: int, repeats: int, dtype: str = "float32") -> float:
     import torch
 
     torch.set_num_threads(threads)
@@ -122,7 +128,9 @@ def time_torch(size: int, threads: int, repeats: int) -> float:
 
     def run():
         optimizer.zero_grad()
-        loss = torch.mean((model(x) - target) ** 2)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            y = model(x)
+        loss = torch.mean((y.float() - target) ** 2)
         loss.backward()
         optimizer.step()
 
@@ -134,18 +142,21 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="what the layers compute in (bfloat16: mixed precision on both sides)")
     parser.add_argument("--torch-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.torch_only:
-        print(json.dumps(time_torch(args.size, args.threads, args.repeats)))
+        print(json.dumps(time_torch(args.size, args.threads, args.repeats, args.dtype)))
         return 0
     torch_ms = json.loads(subprocess.run(
         [sys.executable, __file__, "--torch-only", "--size", str(args.size), "--threads", str(args.threads),
-         "--repeats", str(args.repeats)], capture_output=True, text=True, check=True,
+         "--repeats", str(args.repeats), "--dtype", args.dtype], capture_output=True, text=True, check=True,
         env=dict(os.environ, OMP_NUM_THREADS=str(args.threads))).stdout.strip().splitlines()[-1])
-    ours = time_flax(args.size, True, args.repeats)
-    flax = time_flax(args.size, False, args.repeats)
-    print(f"3-D U-Net {args.size}^3 training step, {args.threads} threads: jax_deconv layers {ours:.1f} ms, "
+    ours = time_flax(args.size, True, args.repeats, args.dtype)
+    flax = time_flax(args.size, False, args.repeats, args.dtype)
+    print(f"3-D U-Net {args.size}^3 {args.dtype} training step, {args.threads} threads: jax_deconv layers "
+          f"{ours:.1f} ms, "
           f"Flax alone {flax:.1f} ms, PyTorch {torch_ms:.1f} ms; ours / PyTorch {ours / torch_ms:.2f}, "
           f"ours / Flax {ours / flax:.2f}")
     return 0
