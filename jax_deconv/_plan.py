@@ -55,8 +55,8 @@ every buffer of a computation stay inside the int64 byte counts of XLA."""
 # --------------------------------------------------------------------------- normalisers
 
 
-def _fail(op: str, name: str, value: Any, allowed: str, exc: type = ValueError) -> Exception:
-    return exc(f"{op}: `{name}` must be {allowed}; got {value!r}.")
+def _fail(op: str, name: str, value: Any, allowed: str, exc: type = ValueError, hint: str = "") -> Exception:
+    return exc(f"{op}: `{name}` must be {allowed}; got {value!r}{hint}.")
 
 
 def _host(value: Any) -> Any:
@@ -163,12 +163,12 @@ def resolve_pads(op: str, value: Any, n: int, *, ends_given: bool = False) -> tu
     return ints, ints
 
 
-def _choice(op: str, name: str, value: Any, allowed: Sequence[str]) -> str:
+def _choice(op: str, name: str, value: Any, allowed: Sequence[str], hint: str = "") -> str:
     text = "one of " + ", ".join(repr(a) for a in allowed)
     if not isinstance(value, str):
-        raise _fail(op, name, value, text, TypeError)
+        raise _fail(op, name, value, text, TypeError, hint)
     if value.upper() not in allowed:
-        raise _fail(op, name, value, text)
+        raise _fail(op, name, value, text, hint=hint)
     return value.upper()
 
 
@@ -379,13 +379,7 @@ def make_plan(
     ((1, 3, 3, 3, 3), (0, 0, 0), (-1, -1, -1))
     """
     data_format = _choice(op, "data_format", data_format, DATA_FORMATS)
-    try:
-        padding = _choice(op, "padding", padding, PADDINGS)
-    except (TypeError, ValueError) as error:
-        hint = padding_hint(padding)
-        if not hint:
-            raise
-        raise type(error)(f"{str(error)[:-1]}{hint}.") from None
+    padding = _choice(op, "padding", padding, PADDINGS, padding_hint(padding))
     x_shape, w_shape = tuple(x_shape), tuple(w_shape)
     n = len(x_shape) - 2 if ndim is None else ndim
     if len(x_shape) != n + 2 or n < 1:

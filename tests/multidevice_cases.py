@@ -41,7 +41,11 @@ A = dict(kernel_shape=4, strides=2, pads=1)  # the usual 3-D decoder layer (conf
 
 def collectives(fn, *args) -> dict[str, list[str]]:
     """Result shapes of each collective in ``fn``'s compiled (partitioned) HLO."""
-    text = jax.jit(fn).lower(*args).compile().as_text()
+    return collectives_in(jax.jit(fn).lower(*args).compile().as_text())
+
+
+def collectives_in(text: str) -> dict[str, list[str]]:
+    """Result shapes of each collective in a compiled (partitioned) HLO text."""
     kinds = ("collective-permute", "all-gather", "all-to-all", "all-reduce", "reduce-scatter")
     return {k: re.findall(rf"= (\S+|\([^)]*\)) {k}(?:-start)?\(", text) for k in kinds}
 
@@ -106,14 +110,14 @@ def test_auto_mesh_runs_the_kernels_on_each_devices_examples(spec):
     xs = jax.device_put(x, NamedSharding(mesh, spec))
     check_sharded(f, (x, w, b), (xs, w, b))
     grad = jax.grad(loss_of(f), (0, 1, 2))
-    text = jax.jit(grad).lower(xs, w, b).compile().as_text()
+    compiled = jax.jit(grad).lower(xs, w, b).compile()
     local = 16 // shards
-    calls = native_calls(text)
+    calls = native_calls(compiled.as_text())
     assert calls["forward_bias"] == [f"f64[{local},11,9,7,4]{{4,3,2,1,0}}"], calls
     assert calls["dx"] == [f"f64[{local},6,5,4,8]{{4,3,2,1,0}}"] and len(calls["dw"]) == 1, calls
-    found = collectives(grad, xs, w, b)
+    found = collectives_in(compiled.as_text())
     assert not found["all-gather"] and not found["all-to-all"] and found["all-reduce"], found
-    sharded = jax.jit(grad).lower(xs, w, b).compile().memory_analysis()
+    sharded = compiled.memory_analysis()
     whole = jax.jit(grad).lower(x, w, b).compile().memory_analysis()
     x_bytes = x.size * 8
     assert whole.argument_size_in_bytes - sharded.argument_size_in_bytes == x_bytes - x_bytes // shards

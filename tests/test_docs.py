@@ -54,7 +54,9 @@ def test_fenced_blocks_name_a_known_language(page):
 
 
 BLOCKS = [(page, i) for page in PAGES for i, (language, _, _) in enumerate(blocks(page)) if language == "python"]
-STATED = re.compile(r"^(\s*)print\((.*)\)\s*# -> (.*)$")
+STATED = re.compile(r"^(\s*)print\((.*)\)\s*# -> (.*)$")  # print(...)  # -> OUTPUT
+BARE = re.compile(r"^(\s*)print\((.*)\)\s*$")  # print(...), its OUTPUT on the next line
+NEXT = re.compile(r"^\s*# -> (.*)$")
 
 
 def checked(code: str) -> str:
@@ -62,12 +64,15 @@ def checked(code: str) -> str:
     (``...`` in OUTPUT stands for any text)."""
     lines = code.splitlines()
     for i, line in enumerate(lines):
-        nxt = re.match(r"^\s*# -> (.*)$", lines[i + 1]) if i + 1 < len(lines) else None
-        match = STATED.match(line) or (re.match(r"^(\s*)print\((.*)\)\s*$", line) and nxt and STATED.match(
-            f"{line}  # -> {nxt.group(1)}"))
-        if match:
-            indent, args, want = match.groups()
-            lines[i] = f"{indent}_stated({want.strip()!r}, {args})"
+        stated, bare = STATED.match(line), BARE.match(line)
+        nxt = NEXT.match(lines[i + 1]) if bare and i + 1 < len(lines) else None
+        if stated:
+            indent, args, want = stated.groups()
+        elif bare and nxt:
+            (indent, args), want = bare.groups(), nxt.group(1)
+        else:
+            continue
+        lines[i] = f"{indent}_stated({want.strip()!r}, {args})"
     helper = (
         "def _stated(want, *args, **kwargs):\n"
         "    import io, re\n"

@@ -341,24 +341,17 @@ for _prim in _BASE:
     _prim.def_abstract_eval(_abstract(_prim))
 
 # Transposes: each map's transpose in either operand is one of the other two.
-for _prim in {forward_p, _SPMD[forward_p]}:
-    ad.defbilinear(
-        _prim,
-        lambda ct, x, wf, *, geometry: _bind(dx_p, ct, wf, geometry=geometry),
-        lambda ct, x, wf, *, geometry: _bind(dw_p, x, ct, geometry=geometry),
-    )
-for _prim in {dx_p, _SPMD[dx_p]}:
-    ad.defbilinear(
-        _prim,
-        lambda ct, dy, wf, *, geometry: _bind(forward_p, ct, wf, geometry=geometry),
-        lambda ct, dy, wf, *, geometry: _bind(dw_p, ct, dy, geometry=geometry),
-    )
-for _prim in {dw_p, _SPMD[dw_p]}:
-    ad.defbilinear(
-        _prim,
-        lambda ct, x, dy, *, geometry: _bind(dx_p, dy, ct, geometry=geometry),
-        lambda ct, x, dy, *, geometry: _bind(forward_p, x, ct, geometry=geometry),
-    )
+_TRANSPOSES = {
+    forward_p: (lambda ct, x, wf, *, geometry: _bind(dx_p, ct, wf, geometry=geometry),
+                lambda ct, x, wf, *, geometry: _bind(dw_p, x, ct, geometry=geometry)),
+    dx_p: (lambda ct, dy, wf, *, geometry: _bind(forward_p, ct, wf, geometry=geometry),
+           lambda ct, dy, wf, *, geometry: _bind(dw_p, ct, dy, geometry=geometry)),
+    dw_p: (lambda ct, x, dy, *, geometry: _bind(dx_p, dy, ct, geometry=geometry),
+           lambda ct, x, dy, *, geometry: _bind(forward_p, x, ct, geometry=geometry)),
+}
+for _prim in _BASE:
+    if _BASE[_prim] in _TRANSPOSES:
+        ad.defbilinear(_prim, *_TRANSPOSES[_BASE[_prim]])
 
 
 def _wide(dtype: Any) -> Any:
@@ -458,7 +451,7 @@ def widened_bfloat16(prim: Primitive, geometry: Geometry) -> bool:
     0.82-0.85x with 32; the forward and input gradient 1.15-3.6x with at most 8 channels on a
     side, 0.66-0.80x with 16 on both at 32^3."""
     few, most = min(geometry.cg_in, geometry.cg_out), max(geometry.cg_in, geometry.cg_out)
-    return most <= 16 if _BASE.get(prim, prim) is dw_p else few <= 8
+    return most <= 16 if prim is dw_p else few <= 8
 
 
 def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[..., jax.Array]:

@@ -592,16 +592,6 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
     TX* xrow = dx + (row * W + p_lo) * cin;
     auto* acc = rows.begin(xrow, p_hi - p_lo, cin, nullptr);
     const Taps td = depth.reached(pd), th = height.reached(ph);
-    cuts.clear();
-    for (int64_t qw = 0; qw < KW; ++qw) {
-      runs[qw] = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
-      if (runs[qw].lo < runs[qw].hi) {
-        cuts.push_back(runs[qw].lo);
-        cuts.push_back(runs[qw].hi);
-      }
-    }
-    std::sort(cuts.begin(), cuts.end());
-    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
     // Batches where a product is at most 4 channels deep (its C tile's load and store cost as
     // much as its multiply-adds), or at most 32 on rows of 64 positions or more (long enough to
     // pay for listing the stretches); else one by one, each tap's weight block staying in cache.
@@ -609,6 +599,18 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
     // 0.75x, 32 -> 64 stride 2 at 64^3 0.78x, 32 -> 64 at 32^3 0.9x, 64 -> 128 at 16^3 1.09x;
     // layer C's dx (16 channels, rows of 12) 1.09x, D2d's (16, rows of 32) 1.11x.
     const bool batched = Gemm::kBatch && (geo.cgo <= 4 || (geo.cgo <= kBatchDepth && p_hi - p_lo >= 64));
+    cuts.clear();
+    for (int64_t qw = 0; qw < KW; ++qw) {
+      runs[qw] = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
+      if (batched && runs[qw].lo < runs[qw].hi) {
+        cuts.push_back(runs[qw].lo);
+        cuts.push_back(runs[qw].hi);
+      }
+    }
+    if (batched) {
+      std::sort(cuts.begin(), cuts.end());
+      cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+    }
     for (int64_t g = 0; g < geo.g; ++g) {
       auto* out = acc + g * geo.cgi;
       // dy where tap (qd, qh, qw)'s run starts, this group's channels, and that tap's weight block
@@ -1035,13 +1037,14 @@ ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const 
   if (unit_blocks > 1) {
     const int64_t count = weight_count;
     parallel_for(pool, count, [&](int64_t i, int64_t j) {
-      const float* sums = reinterpret_cast<const float*>(partial.data());
+      const auto* doubles = reinterpret_cast<const double*>(partial.data());
+      const auto* floats = reinterpret_cast<const float*>(partial.data());  // (bfloat16's sums too)
       if (type == ffi::DataType::F64)
-        add_partials(reinterpret_cast<const double*>(partial.data()), unit_blocks, count, static_cast<double*>(pc), i, j);
+        add_partials(doubles, unit_blocks, count, static_cast<double*>(pc), i, j);
       else if (type == ffi::DataType::F32)
-        add_partials(sums, unit_blocks, count, static_cast<float*>(pc), i, j);
+        add_partials(floats, unit_blocks, count, static_cast<float*>(pc), i, j);
       else
-        add_partials(sums, unit_blocks, count, static_cast<bf16*>(pc), i, j);
+        add_partials(floats, unit_blocks, count, static_cast<bf16*>(pc), i, j);
     }, 1);
   }
   return ffi::Error::Success();
