@@ -445,13 +445,16 @@ _TARGETS = {forward_p: "jax_deconv_forward", forward_bias_p: "jax_deconv_forward
 def widened_bfloat16(prim: Primitive, geometry: Geometry) -> bool:
     """Whether a bfloat16 call of ``prim`` runs the float32 kernels on its operands widened once
     (exact: both accumulate in float32, and the result is rounded once). The bfloat16 kernels
-    widen or pair their operands at every use; with few channels that costs more than the
-    multiply-adds. Measured, one call each, bfloat16 / float32 time (AMD Zen 4, 2 threads, its
-    ``vdpbf16ps`` kernels): the weight gradient 1.7-9.1x with at most 16 channels on both sides,
-    0.82-0.85x with 32; the forward and input gradient 1.15-3.6x with at most 8 channels on a
-    side, 0.66-0.80x with 16 on both at 32^3."""
+    pair or widen their operands at every use; with few channels that costs more than the
+    multiply-adds. Measured (AMD Zen 4, one core, its ``vdpbf16ps`` kernels, 2026-12-07), widened
+    against not: the weight gradient 0.5-0.9x with at most 16 channels on both sides (about 1.0x
+    with 16 on both at 32^3; with 32 the bfloat16 kernels are the faster); the forward with 8-channel
+    groups 0.86-0.95x; the input gradient 0.7x with one channel on a side but 1.2-1.3x with
+    8-channel groups (its batched kernels)."""
     few, most = min(geometry.cg_in, geometry.cg_out), max(geometry.cg_in, geometry.cg_out)
-    return most <= 16 if prim is dw_p else few <= 8
+    if prim is dw_p:
+        return most <= 16
+    return few <= (4 if prim is dx_p else 8)
 
 
 def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[..., jax.Array]:

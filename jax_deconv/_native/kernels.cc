@@ -206,6 +206,32 @@ JD_INLINE V load_as(const S* p) {
   }
 }
 
+// f(std::integral_constant<int, r>) for a run-time r in [1, R].
+template <int R, typename F>
+JD_INLINE void with_rows(int64_t r, const F& f) {
+  if constexpr (R >= 1) {
+    if (r == R) f(std::integral_constant<int, R>());
+    else with_rows<R - 1>(r, f);
+  }
+}
+
+// tile(R, m) over the rows [0, M) in tiles of at most RMAX rows, as even as they come (30 rows,
+// RMAX 8: 7, 7, 8, 8) rather than full tiles and a tail of single rows: a tile of few rows has
+// few independent sums, and its chain of multiply-adds waits on their latency.
+template <int RMAX, typename Tile>
+JD_INLINE void even_tiles(int64_t M, const Tile& tile) {
+  const int64_t tiles = (M + RMAX - 1) / RMAX;
+  for (int64_t i = 0, m = 0; i < tiles; ++i) {
+    const int64_t r = (M - m) / (tiles - i);
+    with_rows<RMAX>(r, [&](auto R) JD_LAMBDA_INLINE { tile(R, m); });
+    m += r;
+  }
+}
+
+// Copies of a tile's sums that take alternate terms (added at the end), so that at least `want`
+// independent sums are in flight in a tile of `sums` vectors.
+constexpr int copies_for(int sums, int want) { return sums >= want ? 1 : sums * 2 >= want ? 2 : 4; }
+
 // C (M x N) += sum_t A_t (M x K) . B_t (K x N) over a batch of `count` products; A_t[m, k] at
 // a[t] + m*am + k*ak (so A may be read transposed), rows of B_t and C ldb and ldc elements
 // apart. A and B may be bfloat16 (widened as read); C is the accumulator's type T. Each tile of
@@ -217,45 +243,44 @@ JD_INLINE void batch_tile(int64_t count, const TA* const* a, int64_t row, int64_
                           int64_t K, int64_t ldb, int64_t j0, T* c, int64_t ldc) {
   using V = typename Vec<T, VB>::type;
   constexpr int L = Vec<T, VB>::lanes;
-  V acc[R][NV];
+  constexpr int C = copies_for(R * NV, 4);  // FMA latency 4 (measured on Zen 4: 8 no better)
+  V acc[C][R][NV];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) acc[r][v] = load<V>(c + r * ldc + j0 + v * L);
+    for (int v = 0; v < NV; ++v) {
+      acc[0][r][v] = load<V>(c + r * ldc + j0 + v * L);
+      for (int i = 1; i < C; ++i) acc[i][r][v] = V{};
+    }
   for (int64_t t = 0; t < count; ++t) {
     const TA* at = a[t] + row * am;
     const TB* bt = b[t];
-    for (int64_t k = 0; k < K; ++k) {
+    const auto term = [&](V(&sum)[R][NV], int64_t k) JD_LAMBDA_INLINE {
       V bv[NV];
       for (int v = 0; v < NV; ++v) bv[v] = load_as<V>(bt + k * ldb + j0 + v * L);
       for (int r = 0; r < R; ++r) {
         const T ar = widen(at[r * am + k * ak]);
-        for (int v = 0; v < NV; ++v) acc[r][v] += ar * bv[v];
+        for (int v = 0; v < NV; ++v) sum[r][v] += ar * bv[v];
       }
-    }
+    };
+    int64_t k = 0;
+    for (; k + C <= K; k += C)
+      for (int i = 0; i < C; ++i) term(acc[i], k + i);
+    for (; k < K; ++k) term(acc[0], k);
   }
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < NV; ++v) store(c + r * ldc + j0 + v * L, acc[r][v]);
+    for (int v = 0; v < NV; ++v) {
+      for (int i = 1; i < C; ++i) acc[0][r][v] += acc[i][r][v];
+      store(c + r * ldc + j0 + v * L, acc[0][r][v]);
+    }
 }
 
-// Columns [j0, j0 + NV*L) of every row: tiles of 6 rows (12 accumulators with two vectors of
-// columns); the rows left in tiles of 4 and 2 with one vector (measured: C 0.86x, D forward
-// 0.63-1.05x; with two vectors no gain), then one by one.
+// Columns [j0, j0 + NV*L) of every row, in even tiles of up to 6 rows (measured, float32 on
+// Zen 4: up to 8 rows with one vector of columns 5-15 % slower).
 template <typename TA, typename TB, typename T, int VB, int NV>
 JD_INLINE void batch_strip(int64_t M, int64_t count, const TA* const* a, int64_t am, int64_t ak, const TB* const* b,
                            int64_t K, int64_t ldb, int64_t j0, T* C, int64_t ldc) {
-  constexpr int R = 6;
-  int64_t m = 0;
-  for (; m + R <= M; m += R) batch_tile<TA, TB, T, VB, NV, R>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
-  if constexpr (NV == 1) {
-    if (m + 4 <= M) {
-      batch_tile<TA, TB, T, VB, NV, 4>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
-      m += 4;
-    }
-    if (m + 2 <= M) {
-      batch_tile<TA, TB, T, VB, NV, 2>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
-      m += 2;
-    }
-  }
-  for (; m < M; ++m) batch_tile<TA, TB, T, VB, NV, 1>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
+  even_tiles<6>(M, [&](auto R, int64_t m) JD_LAMBDA_INLINE {
+    batch_tile<TA, TB, T, VB, NV, decltype(R)::value>(count, a, m, am, ak, b, K, ldb, j0, C + m * ldc, ldc);
+  });
 }
 
 // One column (N == 1, a one-channel side: the first layer of a network), vectorised along what
@@ -344,7 +369,7 @@ struct Fma {  // plain rows of N (float32/float64, or bfloat16 widened to float3
   using A = TA;
   using B = TB;
   using Acc = T;
-  static constexpr bool kBatch = true;  // run_batch: one C tile for many products
+  static constexpr bool kPairs = false;
   static JD_INLINE void run(int64_t M, int64_t K, int64_t N, const TA* a, int64_t am, const TB* b, T* c,
                             int64_t ldc) {
     gemm<TA, TB, T, VB>(M, K, N, a, am, 1, b, N, c, ldc);
@@ -362,61 +387,87 @@ struct Fma {  // plain rows of N (float32/float64, or bfloat16 widened to float3
 // AVX512-BF16: vdpbf16ps adds the products of a pair of bfloat16 (k, k+1) into float32 lanes,
 // twice the multiply-adds of float32 per instruction. B is packed per tap as pairs:
 // Bp[k2 * n32 + j] = (B[2 k2, j], B[2 k2 + 1, j]) (zero past K), n32 = N rounded up to 32.
+// C (R rows x NV vectors of 16 columns, the last masked by m1, a single one by m0) += the sum
+// over t < count of A_t . B_t: the tile stays in registers over every product of the batch and
+// is stored once (with 8 or 16 channels a product is 4 or 8 pairs deep: per product, the tile's
+// load and store cost as much as its dot products). A_t's pair (k, k+1) of row r is adjacent, at
+// a[t] + r*am + (k/2)*ak2 (bfloat16 units); with K odd the last k is read alone.
 template <int R, int NV>
-JD_TARGET_BF16 inline void dp_tile(int64_t K, const bf16* A, int64_t am, int64_t ak2, const uint32_t* B, int64_t n32,
-                                   float* C, int64_t ldc, __mmask16 m0, __mmask16 m1) {
-  __m512 acc[R][NV];
+JD_TARGET_BF16 inline void dp_tile(int64_t count, const bf16* const* a, int64_t row, int64_t K, int64_t am,
+                                   int64_t ak2, const uint32_t* const* b, int64_t j0, int64_t n32, float* C,
+                                   int64_t ldc, __mmask16 m0, __mmask16 m1) {
+  constexpr int CP = copies_for(R * NV, 6);  // vdpbf16ps: latency 5-6
+  __m512 acc[CP][R][NV];
   for (int r = 0; r < R; ++r) {
-    acc[r][0] = _mm512_maskz_loadu_ps(m0, C + r * ldc);
-    if (NV > 1) acc[r][NV - 1] = _mm512_maskz_loadu_ps(m1, C + r * ldc + 16);
+    acc[0][r][0] = _mm512_maskz_loadu_ps(m0, C + r * ldc);
+    if (NV > 1) acc[0][r][NV - 1] = _mm512_maskz_loadu_ps(m1, C + r * ldc + 16);
+    for (int i = 1; i < CP; ++i)
+      for (int v = 0; v < NV; ++v) acc[i][r][v] = _mm512_setzero_ps();
   }
   const int64_t K2 = K / 2;
-  for (int64_t k2 = 0; k2 < K2; ++k2) {
-    __m512bh b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + k2 * n32 + 16 * v);
-    for (int r = 0; r < R; ++r) {
-      uint32_t pair;
-      std::memcpy(&pair, A + r * am + k2 * ak2, 4);
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(pair));
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+  for (int64_t t = 0; t < count; ++t) {
+    const bf16* A = a[t] + row * am;
+    const uint32_t* B = b[t] + j0;
+    int64_t k2 = 0;
+    for (; k2 + CP <= K2; k2 += CP)
+      for (int i = 0; i < CP; ++i) {
+        __m512bh bv[NV];
+        for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(B + (k2 + i) * n32 + 16 * v);
+        for (int r = 0; r < R; ++r) {
+          uint32_t pair;
+          std::memcpy(&pair, A + r * am + (k2 + i) * ak2, 4);
+          const __m512bh av = (__m512bh)_mm512_set1_epi32(int(pair));
+          for (int v = 0; v < NV; ++v) acc[i][r][v] = _mm512_dpbf16_ps(acc[i][r][v], av, bv[v]);
+        }
+      }
+    for (; k2 < K2; ++k2) {
+      __m512bh bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(B + k2 * n32 + 16 * v);
+      for (int r = 0; r < R; ++r) {
+        uint32_t pair;
+        std::memcpy(&pair, A + r * am + k2 * ak2, 4);
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(int(pair));
+        for (int v = 0; v < NV; ++v) acc[0][r][v] = _mm512_dpbf16_ps(acc[0][r][v], av, bv[v]);
+      }
     }
-  }
-  if (K & 1) {  // the last channel alone: its pair's second half is zero in A and in B
-    __m512bh b[NV];
-    for (int v = 0; v < NV; ++v) b[v] = (__m512bh)_mm512_loadu_si512(B + K2 * n32 + 16 * v);
-    for (int r = 0; r < R; ++r) {
-      const __m512bh a = (__m512bh)_mm512_set1_epi32(int(A[r * am + K2 * ak2].bits));
-      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], a, b[v]);
+    if (K & 1) {  // the last channel alone: its pair's second half is zero in A and in B
+      __m512bh bv[NV];
+      for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(B + K2 * n32 + 16 * v);
+      for (int r = 0; r < R; ++r) {
+        const __m512bh av = (__m512bh)_mm512_set1_epi32(int(A[r * am + K2 * ak2].bits));
+        for (int v = 0; v < NV; ++v) acc[CP - 1][r][v] = _mm512_dpbf16_ps(acc[CP - 1][r][v], av, bv[v]);
+      }
     }
   }
   for (int r = 0; r < R; ++r) {
-    _mm512_mask_storeu_ps(C + r * ldc, m0, acc[r][0]);
-    if (NV > 1) _mm512_mask_storeu_ps(C + r * ldc + 16, m1, acc[r][NV - 1]);
+    for (int i = 1; i < CP; ++i)
+      for (int v = 0; v < NV; ++v) acc[0][r][v] = _mm512_add_ps(acc[0][r][v], acc[i][r][v]);
+    _mm512_mask_storeu_ps(C + r * ldc, m0, acc[0][r][0]);
+    if (NV > 1) _mm512_mask_storeu_ps(C + r * ldc + 16, m1, acc[0][r][NV - 1]);
   }
 }
 
 template <int NV>
-JD_TARGET_BF16 inline void dp_rows(int64_t M, int64_t K, const bf16* A, int64_t am, int64_t ak2, const uint32_t* B,
-                                   int64_t n32, float* C, int64_t ldc, __mmask16 m0, __mmask16 m1) {
-  int64_t m = 0;
-  for (; m + 8 <= M; m += 8) dp_tile<8, NV>(K, A + m * am, am, ak2, B, n32, C + m * ldc, ldc, m0, m1);
-  for (; m + 4 <= M; m += 4) dp_tile<4, NV>(K, A + m * am, am, ak2, B, n32, C + m * ldc, ldc, m0, m1);
-  for (; m < M; ++m) dp_tile<1, NV>(K, A + m * am, am, ak2, B, n32, C + m * ldc, ldc, m0, m1);
+JD_TARGET_BF16 inline void dp_rows(int64_t M, int64_t count, const bf16* const* a, int64_t K, int64_t am, int64_t ak2,
+                                   const uint32_t* const* b, int64_t j0, int64_t n32, float* C, int64_t ldc,
+                                   __mmask16 m0, __mmask16 m1) {
+  even_tiles<8>(M, [&](auto R, int64_t m) JD_LAMBDA_INLINE {
+    dp_tile<decltype(R)::value, NV>(count, a, m, K, am, ak2, b, j0, n32, C + m * ldc, ldc, m0, m1);
+  });
 }
 
-// C (M x N, float32) += A (M x K, bfloat16) . B (packed). A's pair (k, k+1) of row m is adjacent,
-// at A + m*am + (k/2)*ak2 (bfloat16 units); with K odd the last k is read alone.
-JD_TARGET_BF16 void gemm_dp(int64_t M, int64_t K, int64_t N, const bf16* A, int64_t am, int64_t ak2, const uint32_t* B,
-                            float* C, int64_t ldc) {
+// C (M x N, float32) += sum over t < count of A_t (M x K, bfloat16) . B_t (packed pairs).
+JD_TARGET_BF16 void gemm_dp(int64_t M, int64_t K, int64_t N, int64_t count, const bf16* const* a, int64_t am,
+                            int64_t ak2, const uint32_t* const* b, float* C, int64_t ldc) {
   const int64_t n32 = (N + 31) / 32 * 32;
   for (int64_t j = 0; j < N; j += 32) {
     const int64_t left = N - j;
     const __mmask16 m0 = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
     if (left > 16) {
       const __mmask16 m1 = left >= 32 ? __mmask16(0xffff) : __mmask16((1u << (left - 16)) - 1);
-      dp_rows<2>(M, K, A, am, ak2, B + j, n32, C + j, ldc, m0, m1);
+      dp_rows<2>(M, count, a, K, am, ak2, b, j, n32, C + j, ldc, m0, m1);
     } else {
-      dp_rows<1>(M, K, A, am, ak2, B + j, n32, C + j, ldc, m0, 0);
+      dp_rows<1>(M, count, a, K, am, ak2, b, j, n32, C + j, ldc, m0, 0);
     }
   }
 }
@@ -425,10 +476,14 @@ struct Dp {
   using A = bf16;
   using B = uint32_t;
   using Acc = float;
-  static constexpr bool kBatch = false;
+  static constexpr bool kPairs = true;
   static JD_INLINE void run(int64_t M, int64_t K, int64_t N, const bf16* a, int64_t am, const uint32_t* b, float* c,
                             int64_t ldc) {
-    gemm_dp(M, K, N, a, am, 2, b, c, ldc);
+    gemm_dp(M, K, N, 1, &a, am, 2, &b, c, ldc);
+  }
+  static JD_INLINE void run_batch(int64_t M, int64_t K, int64_t N, int64_t count, const bf16* const* a, int64_t am,
+                                  const uint32_t* const* b, float* c, int64_t ldc) {
+    gemm_dp(M, K, N, count, a, am, 2, b, c, ldc);
   }
 };
 #endif
@@ -525,56 +580,139 @@ struct Work {
   const void* bias = nullptr;
 };
 
+constexpr int64_t kBatchDepth = 32;
+
+// The products that reach one strip of an accumulator, gathered and then computed in batches.
+// A product covers the strip's rows [lo, hi) (rows ldc apart); a: its A at row lo (A's rows am
+// apart), b: its weight block. `flush` cuts the strip where products start or end and runs each
+// stretch between cuts as one batch of the products covering it (`Gemm::run_batch`: each tile
+// of the accumulator loaded and stored once for all of them).
+template <typename Gemm>
+class Batches {
+ public:
+  using A = typename Gemm::A;
+  using B = typename Gemm::B;
+  JD_INLINE void add(int64_t lo, int64_t hi, const A* a, const B* b) {
+    if (lo < hi) products_.push_back(Product{lo, hi, a, b});
+  }
+  JD_INLINE void flush(int64_t K, int64_t N, int64_t am, typename Gemm::Acc* c, int64_t ldc) {
+    cuts_.clear();
+    for (const Product& p : products_) {
+      cuts_.push_back(p.lo);
+      cuts_.push_back(p.hi);
+    }
+    std::sort(cuts_.begin(), cuts_.end());
+    cuts_.erase(std::unique(cuts_.begin(), cuts_.end()), cuts_.end());
+    for (size_t i = 0; i + 1 < cuts_.size(); ++i) {
+      const int64_t u = cuts_[i], v = cuts_[i + 1];
+      as_.clear();
+      bs_.clear();
+      for (const Product& p : products_)
+        if (p.lo <= u && p.hi >= v) {
+          as_.push_back(p.a + (u - p.lo) * am);
+          bs_.push_back(p.b);
+        }
+      if (!as_.empty()) Gemm::run_batch(v - u, K, N, int64_t(as_.size()), as_.data(), am, bs_.data(), c + u * ldc, ldc);
+    }
+    products_.clear();
+  }
+
+ private:
+  struct Product {
+    int64_t lo, hi;
+    const A* a;
+    const B* b;
+  };
+  std::vector<Product> products_;
+  std::vector<int64_t> cuts_;
+  std::vector<const A*> as_;
+  std::vector<const B*> bs_;
+};
+
+// Whether a map runs its products in batches (`Batches`) rather than one by one (each tap's
+// weight block then stays in cache over a row): `products` per row of the strip (the taps that
+// reach it), each summing `depth` channels into `width`, over rows of `length` positions. The
+// vdpbf16ps kernels always (measured, one core, AMD Zen 4, against one by one: 3x3x3 16 -> 16 at
+// 32^3 0.75x, 32 -> 32 at 16^3 0.63-0.85x, the 8-channel groups of layer D 0.63-0.71x). The
+// float32 kernels already run at the core's peak on 8 channels and more, and batch only where a
+// product is shallow or one column wide (1 -> 16 at 32^3: 0.5x forward, 0.47x input gradient),
+// or on long rows (1 -> 32 at 64^3 0.75x, 32 -> 64 stride 2 at 64^3 0.78x, 32 -> 64 at 32^3
+// 0.9x; 64 -> 128 at 16^3 1.09x).
+template <typename Gemm>
+JD_INLINE bool batched(int64_t products, int64_t depth, int64_t width, int64_t length) {
+  if (products < 2) return false;
+  if constexpr (Gemm::kPairs) return true;
+  return depth <= 4 || width == 1 || (depth <= kBatchDepth && length >= 64);
+}
+
 // Forward: item = ((n * OD + od) * OH + oh) * segments + segment; wf: a block per (group, tap).
+// Along the last axis, the outputs o = o_lo + e of a segment fall in s classes (e mod s): the
+// taps of one class reach consecutive outputs of the class from consecutive inputs, so each
+// class is a strip of rows s*C_out apart that all its taps (and the outer axes' taps) add into.
 template <typename Gemm, typename TX>
 JD_INLINE void forward_rows(const Geometry& geo, const TX* x, const typename Gemm::B* wf, int64_t block, TX* y,
                             const Work& work) {
   const int64_t cin = geo.cin(), cout = geo.cout();
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
-  const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
+  const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2], S = geo.s[2];
   const Axis depth(D, OD, KD, geo.s[0], geo.d[0], geo.pb[0]), height(H, OH, KH, geo.s[1], geo.d[1], geo.pb[1]);
   const int64_t seg = work.segment, segments = (OW + seg - 1) / seg;
   const TX* bias = static_cast<const TX*>(work.bias);
   RowAccumulator<TX, typename Gemm::Acc> rows(seg * cout);
+  std::vector<Run> runs(KW);  // tap qw's run of the segment
+  Batches<Gemm> batches;
   for (int64_t item = work.begin; item < work.end; ++item) {
     const int64_t row = item / segments, o_lo = item % segments * seg, o_hi = std::min(OW, o_lo + seg);
     const int64_t oh = row % OH, od = row / OH % OD, n = row / (OH * OD);
     TX* yrow = y + (row * OW + o_lo) * cout;
     auto* acc = rows.begin(yrow, o_hi - o_lo, cout, bias);
     const Taps td = depth.reaching(od), th = height.reaching(oh);
-    for (int64_t i = 0; i < td.count; ++i) {
-      const int64_t qd = td.first + i * td.step, pd = depth.source(od, qd);
-      for (int64_t j = 0; j < th.count; ++j) {
-        const int64_t qh = th.first + j * th.step, ph = height.source(oh, qh);
-        for (int64_t qw = 0; qw < KW; ++qw) {
-          const Run r = run_of(W, o_lo, o_hi, geo.s[2], geo.d[2] * qw, geo.pb[2]);
-          if (r.lo >= r.hi) continue;
-          const TX* xrow = x + (((n * D + pd) * H + ph) * W + r.lo) * cin;
-          auto* out = acc + (r.o0 - o_lo) * cout;
-          for (int64_t g = 0; g < geo.g; ++g) {
-            const auto* w = wf + (((g * KD + qd) * KH + qh) * KW + qw) * block;
-            Gemm::run(r.hi - r.lo, geo.cgi, geo.cgo, xrow + g * geo.cgi, cin, w, out + g * geo.cgo,
-                      geo.s[2] * cout);
-          }
+    for (int64_t qw = 0; qw < KW; ++qw) runs[qw] = run_of(W, o_lo, o_hi, S, geo.d[2] * qw, geo.pb[2]);
+    // x where tap (i, j, qw)'s run starts, and that tap's weight block (group 0)
+    const auto tap = [&](int64_t i, int64_t j, int64_t qw) JD_LAMBDA_INLINE {
+      const int64_t qd = td.first + i * td.step, qh = th.first + j * th.step;
+      const int64_t pd = depth.source(od, qd), ph = height.source(oh, qh);
+      return std::make_pair(x + (((n * D + pd) * H + ph) * W + runs[qw].lo) * cin,
+                            wf + ((qd * KH + qh) * KW + qw) * block);
+    };
+    const int64_t group_block = KD * KH * KW * block;
+    if (batched<Gemm>(td.count * th.count * ceil_div(KW, S), geo.cgi, geo.cgo, o_hi - o_lo)) {
+      for (int64_t e = 0; e < std::min(S, o_hi - o_lo); ++e)  // the class of outputs o_lo + e + S*m
+        for (int64_t g = 0; g < geo.g; ++g) {
+          for (int64_t i = 0; i < td.count; ++i)
+            for (int64_t j = 0; j < th.count; ++j)
+              for (int64_t qw = 0; qw < KW; ++qw) {
+                const Run& r = runs[qw];
+                if (r.lo >= r.hi || (r.o0 - o_lo) % S != e) continue;
+                const auto [a, b] = tap(i, j, qw);
+                const int64_t m = (r.o0 - o_lo) / S;
+                batches.add(m, m + r.hi - r.lo, a + g * geo.cgi, b + g * group_block);
+              }
+          batches.flush(geo.cgi, geo.cgo, cin, acc + e * cout + g * geo.cgo, S * cout);
         }
-      }
+    } else {
+      for (int64_t i = 0; i < td.count; ++i)
+        for (int64_t j = 0; j < th.count; ++j)
+          for (int64_t qw = 0; qw < KW; ++qw) {
+            const Run& r = runs[qw];
+            if (r.lo >= r.hi) continue;
+            const auto [a, b] = tap(i, j, qw);
+            for (int64_t g = 0; g < geo.g; ++g)
+              Gemm::run(r.hi - r.lo, geo.cgi, geo.cgo, a + g * geo.cgi, cin, b + g * group_block,
+                        acc + (r.o0 - o_lo) * cout + g * geo.cgo, S * cout);
+          }
     }
     rows.finish(yrow, (o_hi - o_lo) * cout);
   }
 }
 
-constexpr int64_t kBatchDepth = 32;
-
 // Input gradient: item = ((n * D + pd) * H + ph) * segments + segment; wt: a block per (group,
-// tap) of the transposed weight (Cg_out x Cg_in). A tap's run of the segment depends on its last
-// axis alone, so each row lists the runs once (and the stretches where the same runs overlap);
-// each stretch is then one batch of products into the accumulator (`Gemm::run_batch`: each tile
-// of it loaded and stored once for all those taps), or each run one product.
+// tap) of the transposed weight (Cg_out x Cg_in). Already a strided correlation: each input
+// position is a row of the strip that every tap reaching it adds into.
 template <typename Gemm, typename TX>
 JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B* wt, int64_t block, TX* dx,
                        const Work& work) {
-  using B = typename Gemm::B;
   const int64_t cin = geo.cin(), cout = geo.cout();
   const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
   const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
@@ -583,72 +721,31 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
   const int64_t seg = work.segment, segments = (W + seg - 1) / seg, am = geo.s[2] * cout;
   RowAccumulator<TX, typename Gemm::Acc> rows(seg * cin);
   std::vector<Run> runs(KW);  // tap qw's run of the segment
-  std::vector<int64_t> cuts;  // where runs start or end: the stretches between are covered alike
-  std::vector<const TX*> as;
-  std::vector<const B*> bs;
+  Batches<Gemm> batches;
   for (int64_t item = work.begin; item < work.end; ++item) {
     const int64_t row = item / segments, p_lo = item % segments * seg, p_hi = std::min(W, p_lo + seg);
     const int64_t ph = row % H, pd = row / H % D, n = row / (H * D);
     TX* xrow = dx + (row * W + p_lo) * cin;
     auto* acc = rows.begin(xrow, p_hi - p_lo, cin, nullptr);
     const Taps td = depth.reached(pd), th = height.reached(ph);
-    // Batches where a product is at most 4 channels deep (its C tile's load and store cost as
-    // much as its multiply-adds), or at most 32 on rows of 64 positions or more (long enough to
-    // pay for listing the stretches); else one by one, each tap's weight block staying in cache.
-    // Measured, one core (AMD Zen 4), time against unbatched: 3x3x3 convolutions 1 -> 32 at 64^3
-    // 0.75x, 32 -> 64 stride 2 at 64^3 0.78x, 32 -> 64 at 32^3 0.9x, 64 -> 128 at 16^3 1.09x;
-    // layer C's dx (16 channels, rows of 12) 1.09x, D2d's (16, rows of 32) 1.11x.
-    const bool batched = Gemm::kBatch && (geo.cgo <= 4 || (geo.cgo <= kBatchDepth && p_hi - p_lo >= 64));
-    cuts.clear();
-    for (int64_t qw = 0; qw < KW; ++qw) {
+    for (int64_t qw = 0; qw < KW; ++qw)
       runs[qw] = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
-      if (batched && runs[qw].lo < runs[qw].hi) {
-        cuts.push_back(runs[qw].lo);
-        cuts.push_back(runs[qw].hi);
-      }
-    }
-    if (batched) {
-      std::sort(cuts.begin(), cuts.end());
-      cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
-    }
+    const bool batch = batched<Gemm>(td.count * th.count * ceil_div(KW, geo.s[2]), geo.cgo, geo.cgi, p_hi - p_lo);
     for (int64_t g = 0; g < geo.g; ++g) {
       auto* out = acc + g * geo.cgi;
-      // dy where tap (qd, qh, qw)'s run starts, this group's channels, and that tap's weight block
-      const auto tap = [&](int64_t i, int64_t j, int64_t qw) JD_LAMBDA_INLINE {
-        const int64_t qd = td.first + i, qh = th.first + j;
-        const int64_t od = depth.target(pd, qd), oh = height.target(ph, qh);
-        return std::make_pair(dy + (((n * OD + od) * OH + oh) * OW + runs[qw].o0) * cout + g * geo.cgo,
-                              wt + (((g * KD + qd) * KH + qh) * KW + qw) * block);
-      };
-      if (batched) {
-        if constexpr (Gemm::kBatch) {
-          for (size_t c = 0; c + 1 < cuts.size(); ++c) {
-            const int64_t u = cuts[c], v = cuts[c + 1];
-            as.clear();
-            bs.clear();
-            for (int64_t i = 0; i < td.count; ++i)
-              for (int64_t j = 0; j < th.count; ++j)
-                for (int64_t qw = 0; qw < KW; ++qw)
-                  if (runs[qw].lo <= u && runs[qw].hi >= v) {
-                    const auto [a, b] = tap(i, j, qw);
-                    as.push_back(a + (u - runs[qw].lo) * am);
-                    bs.push_back(b);
-                  }
-            if (!as.empty())
-              Gemm::run_batch(v - u, geo.cgo, geo.cgi, int64_t(as.size()), as.data(), am, bs.data(),
-                              out + (u - p_lo) * cin, cin);
-          }
-        }
-        continue;
-      }
       for (int64_t i = 0; i < td.count; ++i)
         for (int64_t j = 0; j < th.count; ++j)
           for (int64_t qw = 0; qw < KW; ++qw) {
             const Run& r = runs[qw];
             if (r.lo >= r.hi) continue;
-            const auto [a, b] = tap(i, j, qw);
-            Gemm::run(r.hi - r.lo, geo.cgo, geo.cgi, a, am, b, out + (r.lo - p_lo) * cin, cin);
+            const int64_t qd = td.first + i, qh = th.first + j;
+            const int64_t od = depth.target(pd, qd), oh = height.target(ph, qh);
+            const TX* a = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
+            const auto* b = wt + (((g * KD + qd) * KH + qh) * KW + qw) * block;
+            if (batch) batches.add(r.lo - p_lo, r.hi - p_lo, a, b);
+            else Gemm::run(r.hi - r.lo, geo.cgo, geo.cgi, a, am, b, out + (r.lo - p_lo) * cin, cin);
           }
+      if (batch) batches.flush(geo.cgo, geo.cgi, am, out, cin);
     }
     rows.finish(xrow, (p_hi - p_lo) * cin);
   }
@@ -720,6 +817,20 @@ JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, 
 }
 
 #ifdef JD_DPBF16
+// to[j] = (first[j], second[j]) as a vdpbf16ps pair for j < n; a missing row (nullptr) reads as
+// zeros.
+JD_TARGET_BF16 inline __m512i widen_halves(const bf16* row, __mmask16 m) {
+  return row ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row)) : _mm512_setzero_si512();
+}
+
+JD_TARGET_BF16 inline void interleave(const bf16* first, const bf16* second, int64_t n, uint32_t* to) {
+  for (int64_t j = 0; j < n; j += 16) {
+    const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
+    const __m512i a = widen_halves(first ? first + j : nullptr, m), b = widen_halves(second ? second + j : nullptr, m);
+    _mm512_mask_storeu_epi32(to + j, m, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+  }
+}
+
 // The bfloat16 weight gradient with vdpbf16ps. Its sum runs over positions, so both operands are
 // packed as pairs of consecutive positions: each unit of x once (pairs starting at even and at
 // odd positions: a run starts at either), each run of dy per tap. Units outer, as in dw_items.
@@ -738,26 +849,21 @@ JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* 
       for (int64_t parity = 0; parity < 2; ++parity)
         for (int64_t k2 = 0; k2 < w2; ++k2) {
           const int64_t p = p_lo + parity + 2 * k2;
-          uint32_t* to = xp.get() + (parity * w2 + k2) * cin;
-          for (int64_t c = 0; c < cin; ++c)
-            to[c] = (p < p_hi ? uint32_t(xrow[p * cin + c].bits) : 0u) |
-                    (p + 1 < p_hi ? uint32_t(xrow[(p + 1) * cin + c].bits) << 16 : 0u);
+          interleave(p < p_hi ? xrow + p * cin : nullptr, p + 1 < p_hi ? xrow + (p + 1) * cin : nullptr, cin,
+                     xp.get() + (parity * w2 + k2) * cin);
         }
     }
     const int64_t len = r.hi - r.lo, step = geo.s[2] * cout;
     const bf16* dyrun = dy + (dy_row * OW + r.o0) * cout + g * geo.cgo;
     for (int64_t k2 = 0; 2 * k2 < len; ++k2) {
       const bf16* even = dyrun + 2 * k2 * step;
-      uint32_t* to = dyp.get() + k2 * n32;
-      if (2 * k2 + 1 < len)
-        for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits) | uint32_t(even[step + j].bits) << 16;
-      else
-        for (int64_t j = 0; j < geo.cgo; ++j) to[j] = uint32_t(even[j].bits);
+      interleave(even, 2 * k2 + 1 < len ? even + step : nullptr, geo.cgo, dyp.get() + k2 * n32);
     }
     const int64_t at = r.lo - p_lo;
     const uint32_t* a = xp.get() + ((at & 1) * w2 + at / 2) * cin + g * geo.cgi;
-    gemm_dp(geo.cgi, len, geo.cgo, reinterpret_cast<const bf16*>(a), 2, 2 * cin, dyp.get(),
-            sums.sums() + (item - work.begin) * size, geo.cgo);
+    const bf16* pa = reinterpret_cast<const bf16*>(a);
+    const uint32_t* pb = dyp.get();
+    gemm_dp(geo.cgi, len, geo.cgo, 1, &pa, 2, 2 * cin, &pb, sums.sums() + (item - work.begin) * size, geo.cgo);
   };
   dw_runs(geo, work, visit, [&](int64_t terms) JD_LAMBDA_INLINE { sums.took(terms); });
   dw_store(sums, geo, dw, work);
