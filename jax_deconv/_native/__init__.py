@@ -445,16 +445,17 @@ _TARGETS = {forward_p: "jax_deconv_forward", forward_bias_p: "jax_deconv_forward
 def widened_bfloat16(prim: Primitive, geometry: Geometry) -> bool:
     """Whether a bfloat16 call of ``prim`` runs the float32 kernels on its operands widened once
     (exact: both accumulate in float32, and the result is rounded once). The bfloat16 kernels
-    pair or widen their operands at every use; with few channels that costs more than the
-    multiply-adds. Measured (AMD Zen 4, one core, its ``vdpbf16ps`` kernels, 2026-12-07), widened
-    against not: the weight gradient 0.5-0.9x with at most 16 channels on both sides (about 1.0x
-    with 16 on both at 32^3; with 32 the bfloat16 kernels are the faster); the forward with 8-channel
-    groups 0.86-0.95x; the input gradient 0.7x with one channel on a side but 1.2-1.3x with
-    8-channel groups (its batched kernels)."""
-    few, most = min(geometry.cg_in, geometry.cg_out), max(geometry.cg_in, geometry.cg_out)
+    pair or widen their operands at every use, and fill a vector with 16 of the result's channels;
+    with few channels in the result that costs more than the conversions, whose float32 copies
+    cost memory traffic in turn (a float32 array over 32 MiB is new memory, page-faulted, at
+    every call). Measured (AMD Zen 4, one core, its ``vdpbf16ps`` kernels, 2026-12-07), widened
+    against not: the forward with 8-channel groups 0.86-0.95x; the input gradient 0.7x with one
+    channel in its result, but 1.2-1.3x with 8-channel groups and 1.9x for a first layer's
+    1 -> 32 channels at 64^3 (2 threads). The weight gradient is never widened here: its kernels
+    choose, widening as they read (``kernels.cc``)."""
     if prim is dw_p:
-        return most <= 16
-    return few <= (4 if prim is dx_p else 8)
+        return False  # the kernels choose (kernels.cc: widened as read, no float32 copies)
+    return geometry.cg_in <= 4 if prim is dx_p else geometry.cg_out <= 8
 
 
 def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[..., jax.Array]:
