@@ -819,15 +819,17 @@ JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, 
 #ifdef JD_DPBF16
 // to[j] = (first[j], second[j]) as a vdpbf16ps pair for j < n; a missing row (nullptr) reads as
 // zeros.
+// (The zero-masking forms: the plain ones start from an undefined register, which GCC 12 warns
+// of as maybe uninitialised.)
 JD_TARGET_BF16 inline __m512i widen_halves(const bf16* row, __mmask16 m) {
-  return row ? _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, row)) : _mm512_setzero_si512();
+  return row ? _mm512_maskz_cvtepu16_epi32(m, _mm256_maskz_loadu_epi16(m, row)) : _mm512_setzero_si512();
 }
 
 JD_TARGET_BF16 inline void interleave(const bf16* first, const bf16* second, int64_t n, uint32_t* to) {
   for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 m = n - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (n - j)) - 1);
     const __m512i a = widen_halves(first ? first + j : nullptr, m), b = widen_halves(second ? second + j : nullptr, m);
-    _mm512_mask_storeu_epi32(to + j, m, _mm512_or_si512(a, _mm512_slli_epi32(b, 16)));
+    _mm512_mask_storeu_epi32(to + j, m, _mm512_or_si512(a, _mm512_maskz_slli_epi32(m, b, 16)));
   }
 }
 
