@@ -392,6 +392,22 @@ struct Fma {  // plain rows of N (float32/float64, or bfloat16 widened to float3
 // is stored once (with 8 or 16 channels a product is 4 or 8 pairs deep: per product, the tile's
 // load and store cost as much as its dot products). A_t's pair (k, k+1) of row r is adjacent, at
 // a[t] + r*am + (k/2)*ak2 (bfloat16 units); with K odd the last k is read alone.
+// acc (R rows x NV vectors) += row r's pair at A + r*am times the pair row B, one vdpbf16ps per
+// vector; `alone`: K is odd and this is its last channel, read alone (its pair's second half is
+// zero in A and in B).
+template <int R, int NV>
+JD_TARGET_BF16 JD_INLINE void dp_step(__m512 (&acc)[R][NV], const bf16* A, int64_t am, const uint32_t* B, bool alone) {
+  __m512bh bv[NV];
+  for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(B + 16 * v);
+  for (int r = 0; r < R; ++r) {
+    uint32_t pair;
+    if (alone) pair = A[r * am].bits;
+    else std::memcpy(&pair, A + r * am, 4);
+    const __m512bh av = (__m512bh)_mm512_set1_epi32(int(pair));
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_dpbf16_ps(acc[r][v], av, bv[v]);
+  }
+}
+
 template <int R, int NV>
 JD_TARGET_BF16 inline void dp_tile(int64_t count, const bf16* const* a, int64_t row, int64_t K, int64_t am,
                                    int64_t ak2, const uint32_t* const* b, int64_t j0, int64_t n32, float* C,
@@ -410,34 +426,9 @@ JD_TARGET_BF16 inline void dp_tile(int64_t count, const bf16* const* a, int64_t 
     const uint32_t* B = b[t] + j0;
     int64_t k2 = 0;
     for (; k2 + CP <= K2; k2 += CP)
-      for (int i = 0; i < CP; ++i) {
-        __m512bh bv[NV];
-        for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(B + (k2 + i) * n32 + 16 * v);
-        for (int r = 0; r < R; ++r) {
-          uint32_t pair;
-          std::memcpy(&pair, A + r * am + (k2 + i) * ak2, 4);
-          const __m512bh av = (__m512bh)_mm512_set1_epi32(int(pair));
-          for (int v = 0; v < NV; ++v) acc[i][r][v] = _mm512_dpbf16_ps(acc[i][r][v], av, bv[v]);
-        }
-      }
-    for (; k2 < K2; ++k2) {
-      __m512bh bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(B + k2 * n32 + 16 * v);
-      for (int r = 0; r < R; ++r) {
-        uint32_t pair;
-        std::memcpy(&pair, A + r * am + k2 * ak2, 4);
-        const __m512bh av = (__m512bh)_mm512_set1_epi32(int(pair));
-        for (int v = 0; v < NV; ++v) acc[0][r][v] = _mm512_dpbf16_ps(acc[0][r][v], av, bv[v]);
-      }
-    }
-    if (K & 1) {  // the last channel alone: its pair's second half is zero in A and in B
-      __m512bh bv[NV];
-      for (int v = 0; v < NV; ++v) bv[v] = (__m512bh)_mm512_loadu_si512(B + K2 * n32 + 16 * v);
-      for (int r = 0; r < R; ++r) {
-        const __m512bh av = (__m512bh)_mm512_set1_epi32(int(A[r * am + K2 * ak2].bits));
-        for (int v = 0; v < NV; ++v) acc[CP - 1][r][v] = _mm512_dpbf16_ps(acc[CP - 1][r][v], av, bv[v]);
-      }
-    }
+      for (int i = 0; i < CP; ++i) dp_step<R, NV>(acc[i], A + (k2 + i) * ak2, am, B + (k2 + i) * n32, false);
+    for (; k2 < K2; ++k2) dp_step<R, NV>(acc[0], A + k2 * ak2, am, B + k2 * n32, false);
+    if (K & 1) dp_step<R, NV>(acc[CP - 1], A + K2 * ak2, am, B + K2 * n32, true);
   }
   for (int r = 0; r < R; ++r) {
     for (int i = 1; i < CP; ++i)
@@ -583,26 +574,35 @@ struct Work {
 constexpr int64_t kBatchDepth = 32;
 
 // The products that reach one strip of an accumulator, gathered and then computed in batches.
-// A product covers the strip's rows [lo, hi) (rows ldc apart); a: its A at row lo (A's rows am
-// apart), b: its weight block. `flush` cuts the strip where products start or end and runs each
-// stretch between cuts as one batch of the products covering it (`Gemm::run_batch`: each tile
-// of the accumulator loaded and stored once for all of them).
+// A strip is cut where its runs start or end (`cut`, once per strip: every group's products
+// cover the same runs); a product covers the strip's rows [lo, hi) (rows ldc apart); a: its A at
+// row lo (A's rows am apart), b: its weight block. `flush` runs each stretch between cuts as
+// one batch of the products covering it (`Gemm::run_batch`: each tile of the accumulator loaded
+// and stored once for all of them).
+struct Span {  // rows [lo, hi) of a strip
+  int64_t lo, hi;
+};
+
 template <typename Gemm>
 class Batches {
  public:
   using A = typename Gemm::A;
   using B = typename Gemm::B;
+  // The strip's cuts: the ends of its nonempty spans, sorted.
+  JD_INLINE void cut(const std::vector<Span>& spans) {
+    cuts_.clear();
+    for (const Span& r : spans)
+      if (r.lo < r.hi) {
+        cuts_.push_back(r.lo);
+        cuts_.push_back(r.hi);
+      }
+    std::sort(cuts_.begin(), cuts_.end());
+    cuts_.erase(std::unique(cuts_.begin(), cuts_.end()), cuts_.end());
+  }
   JD_INLINE void add(int64_t lo, int64_t hi, const A* a, const B* b) {
     if (lo < hi) products_.push_back(Product{lo, hi, a, b});
   }
   JD_INLINE void flush(int64_t K, int64_t N, int64_t am, typename Gemm::Acc* c, int64_t ldc) {
-    cuts_.clear();
-    for (const Product& p : products_) {
-      cuts_.push_back(p.lo);
-      cuts_.push_back(p.hi);
-    }
-    std::sort(cuts_.begin(), cuts_.end());
-    cuts_.erase(std::unique(cuts_.begin(), cuts_.end()), cuts_.end());
     for (size_t i = 0; i + 1 < cuts_.size(); ++i) {
       const int64_t u = cuts_[i], v = cuts_[i + 1];
       as_.clear();
@@ -661,6 +661,7 @@ JD_INLINE void forward_rows(const Geometry& geo, const TX* x, const typename Gem
   const TX* bias = static_cast<const TX*>(work.bias);
   RowAccumulator<TX, typename Gemm::Acc> rows(seg * cout);
   std::vector<Run> runs(KW);  // tap qw's run of the segment
+  std::vector<Span> spans(KW);  // its rows of the strip being batched
   Batches<Gemm> batches;
   for (int64_t item = work.begin; item < work.end; ++item) {
     const int64_t row = item / segments, o_lo = item % segments * seg, o_hi = std::min(OW, o_lo + seg);
@@ -678,19 +679,24 @@ JD_INLINE void forward_rows(const Geometry& geo, const TX* x, const typename Gem
     };
     const int64_t group_block = KD * KH * KW * block;
     if (batched<Gemm>(td.count * th.count * ceil_div(KW, S), geo.cgi, geo.cgo, o_hi - o_lo)) {
-      for (int64_t e = 0; e < std::min(S, o_hi - o_lo); ++e)  // the class of outputs o_lo + e + S*m
+      for (int64_t e = 0; e < std::min(S, o_hi - o_lo); ++e) {  // the class of outputs o_lo + e + S*m
+        for (int64_t qw = 0; qw < KW; ++qw) {  // tap qw's rows of the class's strip (none: another class)
+          const Run& r = runs[qw];
+          const int64_t m = (r.o0 - o_lo) / S;
+          spans[qw] = r.lo < r.hi && (r.o0 - o_lo) % S == e ? Span{m, m + r.hi - r.lo} : Span{0, 0};
+        }
+        batches.cut(spans);
         for (int64_t g = 0; g < geo.g; ++g) {
           for (int64_t i = 0; i < td.count; ++i)
             for (int64_t j = 0; j < th.count; ++j)
               for (int64_t qw = 0; qw < KW; ++qw) {
-                const Run& r = runs[qw];
-                if (r.lo >= r.hi || (r.o0 - o_lo) % S != e) continue;
+                if (spans[qw].lo >= spans[qw].hi) continue;
                 const auto [a, b] = tap(i, j, qw);
-                const int64_t m = (r.o0 - o_lo) / S;
-                batches.add(m, m + r.hi - r.lo, a + g * geo.cgi, b + g * group_block);
+                batches.add(spans[qw].lo, spans[qw].hi, a + g * geo.cgi, b + g * group_block);
               }
           batches.flush(geo.cgi, geo.cgo, cin, acc + e * cout + g * geo.cgo, S * cout);
         }
+      }
     } else {
       for (int64_t i = 0; i < td.count; ++i)
         for (int64_t j = 0; j < th.count; ++j)
@@ -721,6 +727,7 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
   const int64_t seg = work.segment, segments = (W + seg - 1) / seg, am = geo.s[2] * cout;
   RowAccumulator<TX, typename Gemm::Acc> rows(seg * cin);
   std::vector<Run> runs(KW);  // tap qw's run of the segment
+  std::vector<Span> spans(KW);  // its rows of the strip being batched
   Batches<Gemm> batches;
   for (int64_t item = work.begin; item < work.end; ++item) {
     const int64_t row = item / segments, p_lo = item % segments * seg, p_hi = std::min(W, p_lo + seg);
@@ -731,6 +738,10 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
     for (int64_t qw = 0; qw < KW; ++qw)
       runs[qw] = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
     const bool batch = batched<Gemm>(td.count * th.count * ceil_div(KW, geo.s[2]), geo.cgo, geo.cgi, p_hi - p_lo);
+    if (batch) {
+      for (int64_t qw = 0; qw < KW; ++qw) spans[qw] = Span{runs[qw].lo - p_lo, runs[qw].hi - p_lo};
+      batches.cut(spans);
+    }
     for (int64_t g = 0; g < geo.g; ++g) {
       auto* out = acc + g * geo.cgi;
       for (int64_t i = 0; i < td.count; ++i)
