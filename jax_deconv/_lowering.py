@@ -71,6 +71,7 @@ from jax_deconv._cost import (
     refusal,
 )
 from jax_deconv._inputs import check_floating
+from jax_deconv._native.bias import add_bias
 from jax_deconv._plan import Plan, phase_taps
 from jax_deconv._types import ALGORITHMS
 from jax_deconv._zero import gradient_zero, positive_zero
@@ -417,10 +418,7 @@ def _lower(x, w, b, plan: Plan, algorithm: str, precision, preferred, max_buffer
         y = _lower_xla(gradient_zero(x), gradient_zero(w), plan, algorithm, precision, preferred, max_buffer_bytes)
         y = positive_zero(y)
     if b is not None:  # in float32 at least, before the one rounding; the bias gradient is summed so too
-        shape = [1] * y.ndim
-        shape[1 if plan.data_format == "NCHW" else -1] = plan.out_channels
-        wide = jnp.promote_types(y.dtype, jnp.float32)
-        y = y.astype(wide) + b.astype(wide).reshape(shape)
+        y = add_bias(y, b, 1 if plan.data_format == "NCHW" else -1, jnp.promote_types(y.dtype, jnp.float32))
     return y.astype(dtype)
 
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax_deconv._conv_transpose import _conv_transpose
 from jax_deconv._inputs import as_floating, promote
 from jax_deconv._lax_conv import conv_general_dilated
+from jax_deconv._native.bias import add_bias
 from jax_deconv._plan import _as_int, full_length, per_axis
 
 __all__ = ["conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
@@ -204,7 +205,7 @@ def _conv_nd(
     y = conv_general_dilated(x, w, strides, pads, rhs_dilation=dilations, feature_group_count=groups,
                              preferred_element_type=wide)
     if b is not None:
-        y = (y + b.astype(y.dtype).reshape(-1, *(1,) * n)).astype(x.dtype)
+        y = add_bias(y, b, 1).astype(x.dtype)
     return y[0] if unbatched else y
 
 

@@ -35,6 +35,7 @@ from jax import lax as _lax
 from jax_deconv._conv_transpose import _conv_transpose
 from jax_deconv._inputs import as_floating
 from jax_deconv._lax_conv import conv, conv_general_dilated, conv_with_general_padding
+from jax_deconv._native.bias import add_bias
 from jax_deconv._plan import (
     MAX_ARGUMENT,
     MAX_ELEMENTS,
@@ -226,9 +227,7 @@ def transpose_with_crops(
         y = _core(op, x, w, n, strides, dilations, windows, groups, channels_last, precision,
                   preferred_element_type, algorithm)
     if bias is not None:
-        shape = [1] * (n + 2)
-        shape[layout.index(1)] = c_out
-        y = y + bias.astype(y.dtype).reshape(shape)
+        y = add_bias(y, bias, layout.index(1))
     # the output's axis dn.out_spec[c] holds canonical dim c
     perm = [layout.index(c) for c in np.argsort(dn.out_spec)]
     return y if perm == list(range(n + 2)) else jnp.transpose(y, perm)

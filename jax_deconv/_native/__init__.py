@@ -13,7 +13,8 @@ Cg_out)``. Three primitives compute its three linear maps, each a C++ kernel:
 The first three are bilinear, and the transposes of each are the other two, as for
 ``lax.conv_general_dilated``; so ``grad``, ``vjp``, ``jvp``, ``jacfwd``, ``hessian`` and
 ``linearize`` need no other rule. ``forward_bias_p`` has a JVP rule made of the others (its
-tangent in ``b`` broadcast in float32 at least, so the bias gradient is summed in float32).
+tangent in ``b`` broadcast by ``bias.spread_p``, so the bias gradient is summed by the native
+``bias_sum`` map, in float32 at least: :mod:`jax_deconv._native.bias`).
 ``vmap`` folds a mapped ``x`` (or ``dy``) into the batch and maps anything else with ``lax.map``.
 
 Sharding: under ``jit`` on several CPU devices (arrays on a mesh with ``AxisType.Auto`` axes,
@@ -368,8 +369,10 @@ def _forward_bias_jvp(primals, tangents, *, geometry: Geometry):
         parts.append(_bind(forward_p, tx, wf, geometry=geometry))
     if type(twf) is not ad.Zero:
         parts.append(_bind(forward_p, x, twf, geometry=geometry))
-    if type(tb) is not ad.Zero:  # its transpose sums the cotangent in float32 at least
-        parts.append(jnp.broadcast_to(tb.astype(_wide(tb.dtype)), y.shape).astype(y.dtype))
+    if type(tb) is not ad.Zero:  # its transpose sums the cotangent in float32 at least, in one pass
+        from jax_deconv._native.bias import spread_p
+
+        parts.append(spread_p.bind(tb, shape=tuple(y.shape), axis=y.ndim - 1, dtype=np.dtype(y.dtype)))
     if not parts:  # (JAX calls the rule with at least one tangent)
         return y, jnp.zeros_like(y)
     tangent = parts[0]

@@ -19,6 +19,7 @@
 // elsewhere (aarch64...) the portable build alone.
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -1198,6 +1199,135 @@ ffi::Error dw(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Re
   return run<Map::kDw>(pool, x, dy, nullptr, out, geometry);
 }
 
+// ---------------------------------------------------------------------------- the bias gradient
+
+// db[c] = sum over a and p of dy[a, c, p], for dy seen as (outer, C, inner): channels-last
+// arrays have inner = 1, channels-first ones outer = N. (XLA:CPU's own reduction of a 16-bit
+// dy, with its final rounding fused in, ran one scalar sum per channel: 2 ms for a 32^3 x 16
+// bfloat16 gradient, 0.1 ms unfused.) The array is cut into pieces, each summed into W lanes
+// (W a multiple of the channels of a piece, at least 32 values) that take at most 32 terms
+// each (float32 sums for 16-bit values); the lanes are then added in double precision, per
+// piece and over the pieces in order, and rounded once. The cut does not depend on the
+// threads, so neither does the result.
+constexpr int64_t kBiasLanes = 32, kBiasTerms = 32;
+
+struct BiasPiece {
+  int64_t offset, length, channel;  // elements [offset, offset + length), from channel `channel`
+};
+
+// A double rounded once to TY: a bfloat16 through a float32 rounded to odd (inexact results
+// keep their last bit set), so that the second rounding cannot land on a false tie.
+template <typename TY>
+JD_INLINE TY round_from_double(double v) {
+  if constexpr (std::is_same_v<TY, double>) {
+    return v;
+  } else {
+    float f = float(v);
+    if constexpr (std::is_same_v<TY, bf16>) {
+      if (double(f) != v && std::isfinite(f)) {
+        if (std::fabs(double(f)) > std::fabs(v)) f = std::nextafter(f, 0.0f);
+        uint32_t u;
+        std::memcpy(&u, &f, 4);
+        u |= 1u;
+        std::memcpy(&f, &u, 4);
+      }
+      return to_bf16(f);
+    } else {
+      return f;
+    }
+  }
+}
+
+// One piece: its W lanes of sums (T), then those of each channel added in double precision
+// into folded[0, period). Width: W when known at compile time, so that the lanes stay in
+// registers; else they are `scratch`'s `width` values.
+template <int64_t Width, typename TX, typename T>
+JD_INLINE void bias_lanes(const TX* p, int64_t length, int64_t width, int64_t period, T* scratch, double* folded) {
+  T sums[Width > 0 ? Width : 1] = {};
+  T* lanes = sums;
+  if constexpr (Width == 0) {
+    std::fill(scratch, scratch + width, T(0));
+    lanes = scratch;
+  } else {
+    width = Width;
+  }
+  int64_t i = 0;
+  for (; i + width <= length; i += width)
+    for (int64_t j = 0; j < width; ++j) lanes[j] += widen(p[i + j]);
+  for (int64_t j = 0; i + j < length; ++j) lanes[j] += widen(p[i + j]);
+  for (int64_t c = 0; c < period; ++c) {
+    double sum = 0;
+    for (int64_t j = c; j < width; j += period) sum += double(lanes[j]);
+    folded[c] = sum;
+  }
+}
+
+template <typename TX, typename TY, typename T>
+ffi::Error bias_sums(ffi::ThreadPool& pool, const TX* dy, TY* db, int64_t outer, int64_t C, int64_t inner) {
+  // channels-last: one run of outer * C values, channel = position mod C; else a run of `inner`
+  // values per (a, c), all of channel c
+  const int64_t period = inner == 1 ? C : 1;
+  const int64_t width = period * std::max<int64_t>(1, kBiasLanes / period), span = width * kBiasTerms;
+  std::vector<BiasPiece> pieces;
+  std::vector<double> folded, total;
+  try {
+    if (inner == 1) {
+      for (int64_t at = 0; at < outer * C; at += span) pieces.push_back({at, std::min(span, outer * C - at), 0});
+    } else {
+      for (int64_t a = 0; a < outer; ++a)
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t at = 0; at < inner; at += span)
+            pieces.push_back({(a * C + c) * inner + at, std::min(span, inner - at), c});
+    }
+    folded.resize(pieces.size() * period);
+    total.assign(C, 0.0);
+  } catch (const std::bad_alloc&) {
+    return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_deconv native: out of memory");
+  }
+  std::atomic<bool> failed{false};
+  parallel_for(pool, int64_t(pieces.size()), [&](int64_t i, int64_t j) {
+    try {
+      std::vector<T> scratch(width == kBiasLanes ? 0 : width);
+      for (int64_t k = i; k < j; ++k) {
+        const TX* p = dy + pieces[k].offset;
+        double* to = folded.data() + k * period;
+        if (width == kBiasLanes) bias_lanes<kBiasLanes, TX, T>(p, pieces[k].length, width, period, nullptr, to);
+        else bias_lanes<0, TX, T>(p, pieces[k].length, width, period, scratch.data(), to);
+      }
+    } catch (const std::bad_alloc&) {
+      failed = true;
+    }
+  });
+  if (failed) return ffi::Error(ffi::ErrorCode::kResourceExhausted, "jax_deconv native: out of memory");
+  for (size_t k = 0; k < pieces.size(); ++k)
+    for (int64_t c = 0; c < period; ++c) total[pieces[k].channel + c] += folded[k * period + c];
+  for (int64_t c = 0; c < C; ++c) db[c] = round_from_double<TY>(total[c]);
+  return ffi::Error::Success();
+}
+
+ffi::Error bias_sum(ffi::ThreadPool pool, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> db,
+                    ffi::Span<const int64_t> shape) {
+  if (shape.size() != 3 || shape[0] < 0 || shape[1] < 0 || shape[2] < 1 ||
+      int64_t(dy.element_count()) != shape[0] * shape[1] * shape[2] || int64_t(db->element_count()) != shape[1])
+    return ffi::Error::InvalidArgument("jax_deconv native: bias_sum's shape (outer, C, inner) does not fit");
+  const ffi::DataType in = dy.element_type(), out = db->element_type();
+  const void* x = dy.untyped_data();
+  void* y = db->untyped_data();
+  const int64_t a = shape[0], c = shape[1], p = shape[2];
+  if (in == ffi::DataType::F32 && out == ffi::DataType::F32)
+    return bias_sums<float, float, float>(pool, static_cast<const float*>(x), static_cast<float*>(y), a, c, p);
+  if (in == ffi::DataType::F64 && out == ffi::DataType::F64)
+    return bias_sums<double, double, double>(pool, static_cast<const double*>(x), static_cast<double*>(y), a, c, p);
+  if (in == ffi::DataType::BF16 && out == ffi::DataType::BF16)
+    return bias_sums<bf16, bf16, float>(pool, static_cast<const bf16*>(x), static_cast<bf16*>(y), a, c, p);
+  if (in == ffi::DataType::BF16 && out == ffi::DataType::F32)
+    return bias_sums<bf16, float, float>(pool, static_cast<const bf16*>(x), static_cast<float*>(y), a, c, p);
+  if (in == ffi::DataType::F32 && out == ffi::DataType::BF16)
+    return bias_sums<float, bf16, float>(pool, static_cast<const float*>(x), static_cast<bf16*>(y), a, c, p);
+  return ffi::Error::InvalidArgument("jax_deconv native: bias_sum takes float32, float64 or bfloat16 (to itself, "
+                                     "or between bfloat16 and float32)");
+}
+
 }  // namespace
 
 #define JD_BIND(...)                          \
@@ -1212,6 +1342,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(JdForward, forward, JD_BIND());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdForwardBias, forward_bias, JD_BIND(.Arg<ffi::AnyBuffer>()));
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdDx, dx, JD_BIND());
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JdDw, dw, JD_BIND());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JdBiasSum, bias_sum,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<ffi::Span<const int64_t>>("shape"));
 
 // ---------------------------------------------------------------------------- Python module
 
@@ -1226,7 +1362,8 @@ PyObject* handlers(PyObject*, PyObject*) {
   } entries[] = {{"forward", reinterpret_cast<void*>(JdForward)},
                  {"forward_bias", reinterpret_cast<void*>(JdForwardBias)},
                  {"dx", reinterpret_cast<void*>(JdDx)},
-                 {"dw", reinterpret_cast<void*>(JdDw)}};
+                 {"dw", reinterpret_cast<void*>(JdDw)},
+                 {"bias_sum", reinterpret_cast<void*>(JdBiasSum)}};
   for (const auto& e : entries) {
     PyObject* capsule = PyCapsule_New(e.fn, nullptr, nullptr);
     if (!capsule || PyDict_SetItemString(dict, e.name, capsule) < 0) {
@@ -1276,7 +1413,7 @@ PyObject* split_of(PyObject*, PyObject* args) {
 }
 
 PyMethodDef methods[] = {
-    {"handlers", handlers, METH_NOARGS, "The FFI handlers: {'forward', 'dx', 'dw'} -> PyCapsule."},
+    {"handlers", handlers, METH_NOARGS, "The FFI handlers: {'forward', 'forward_bias', 'dx', 'dw', 'bias_sum'} -> PyCapsule."},
     {"isa", isa_name, METH_NOARGS, "The instruction set the kernels run on this processor."},
     {"ffi_api_version", ffi_api_version, METH_NOARGS, "The XLA FFI API version they were built for."},
     {"split", split_of, METH_VARARGS, "How a call would be cut into tasks (tests)."},

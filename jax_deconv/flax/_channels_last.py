@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jax_deconv._native.bias import add_bias
 from jax_deconv.lax import conv_transpose
 
 
@@ -89,7 +90,7 @@ def channels_last_transpose(
         periods = [size * s for size, s in zip(inputs.shape[1:-1], strides_)]
         y = _fold_circular(y, periods, transpose_kernel)
     if bias is not None:
-        y = y + bias.reshape((1,) * (y.ndim - 1) + (-1,))
+        y = add_bias(y, bias, -1, jnp.result_type(y, bias))
     if batch_axes != 1:
         y = y.reshape(*batch_shape, *y.shape[1:])
     return y

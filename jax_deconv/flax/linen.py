@@ -18,8 +18,10 @@ from typing import Any, cast
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from jax_deconv._lax_conv import conv_general_dilated as dlax_conv_general_dilated
+from jax_deconv._native.bias import add_bias
 from jax_deconv.flax._channels_last import channels_last_transpose
 
 __all__ = ["Conv", "ConvTranspose"]
@@ -43,6 +45,22 @@ class Conv(nn.Conv):
     """
 
     conv_general_dilated: Any = staticmethod(dlax_conv_general_dilated)
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        """Flax's ``Conv.__call__``; with a shared bias, the bias added by jax_deconv so that its
+        gradient is summed by the native kernels in float32 (Flax's ``y += bias`` has XLA:CPU sum a
+        bfloat16 gradient in bfloat16, and in one scalar loop per channel)."""
+        if not self.use_bias or not self.shared_weights or self.mask is not None:
+            return super().__call__(inputs)
+        # the same module without its bias, in this module's scope: the same variables, in order
+        unbiased = self.clone(parent=self, use_bias=False, name="unbiased")
+        nn.share_scope(self, unbiased)
+        y = unbiased(inputs)
+        kernel = self.get_variable("params", "kernel")
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        _, _, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        return add_bias(y, cast(jax.Array, bias), -1, jnp.result_type(y, cast(jax.Array, bias)))
 
 
 class ConvTranspose(nn.ConvTranspose):
