@@ -847,39 +847,73 @@ JD_TARGET_BF16 inline void interleave(const bf16* first, const bf16* second, int
 
 // The bfloat16 weight gradient with vdpbf16ps. Its sum runs over positions, so both operands are
 // packed as pairs of consecutive positions: each unit of x once (pairs starting at even and at
-// odd positions: a run starts at either), each run of dy per tap. Units outer, as in dw_items.
+// odd positions: a run starts at either), each run of dy per tap. Units are taken in blocks of
+// up to kLeafTerms positions, taps inner: a tap's products over the block's units (runs of one
+// length) are one batch, so each tile of its sums is loaded and stored once per block, not
+// once per unit.
 template <int VB>
 JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, const Work& work) {
+  constexpr int64_t kUnits = 16;
   const int64_t cin = geo.cin(), cout = geo.cout(), W = geo.in[2], OW = geo.out[2];
-  const int64_t size = geo.cgi * geo.cgo, w2 = work.segment / 2 + 1, n32 = (geo.cgo + 31) / 32 * 32;
+  const int64_t D = geo.in[0], H = geo.in[1], OD = geo.out[0], OH = geo.out[1];
+  const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2], taps = KD * KH * KW;
+  const int64_t seg = work.segment, segments = ceil_div(W, seg), step = geo.s[2] * cout;
+  const int64_t size = geo.cgi * geo.cgo, w2 = seg / 2 + 1, n32 = (geo.cgo + 31) / 32 * 32;
+  const int64_t block = std::max<int64_t>(1, std::min(kUnits, kLeafTerms / seg));
   Cascade<float> sums((work.end - work.begin) * size);
-  // xp[parity][k2 * cin + c] = (x[p_lo + parity + 2 k2, c], x[p_lo + parity + 2 k2 + 1, c]), zero past p_hi
-  std::unique_ptr<uint32_t[]> xp(new uint32_t[2 * w2 * cin]);
-  std::unique_ptr<uint32_t[]> dyp(new uint32_t[w2 * n32]());
-  const auto visit = [&](int64_t row, int64_t p_lo, int64_t p_hi, bool first, int64_t item, int64_t g,
-                         const Run& r, int64_t dy_row) JD_LAMBDA_INLINE {
-    if (first) {
-      const bf16* xrow = x + row * W * cin;
+  // xp[unit][parity][k2 * cin + c] = (x[p_lo + parity + 2 k2, c], x[p_lo + parity + 2 k2 + 1, c]),
+  // zero past p_hi; dyp[product][k2 * n32 + j]: a tap's run of dy in pairs
+  std::unique_ptr<uint32_t[]> xp(new uint32_t[block * 2 * w2 * cin]);
+  std::unique_ptr<uint32_t[]> dyp(new uint32_t[block * w2 * n32]());
+  const bf16* pa[kUnits];
+  const uint32_t* pb[kUnits];
+  for (int64_t u0 = work.u0; u0 < work.u1; u0 += block) {
+    const int64_t units = std::min(block, work.u1 - u0);
+    int64_t terms = 0;
+    for (int64_t i = 0; i < units; ++i) {
+      const int64_t u = u0 + i, p_lo = u % segments * seg, p_hi = std::min(W, p_lo + seg);
+      const bf16* xrow = x + u / segments * W * cin;
       for (int64_t parity = 0; parity < 2; ++parity)
         for (int64_t k2 = 0; k2 < w2; ++k2) {
           const int64_t p = p_lo + parity + 2 * k2;
           interleave(p < p_hi ? xrow + p * cin : nullptr, p + 1 < p_hi ? xrow + (p + 1) * cin : nullptr, cin,
-                     xp.get() + (parity * w2 + k2) * cin);
+                     xp.get() + ((i * 2 + parity) * w2 + k2) * cin);
         }
+      terms += p_hi - p_lo;
     }
-    const int64_t len = r.hi - r.lo, step = geo.s[2] * cout;
-    const bf16* dyrun = dy + (dy_row * OW + r.o0) * cout + g * geo.cgo;
-    for (int64_t k2 = 0; 2 * k2 < len; ++k2) {
-      const bf16* even = dyrun + 2 * k2 * step;
-      interleave(even, 2 * k2 + 1 < len ? even + step : nullptr, geo.cgo, dyp.get() + k2 * n32);
+    for (int64_t item = work.begin; item < work.end; ++item) {
+      const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD, g = item / taps;
+      float* out = sums.sums() + (item - work.begin) * size;
+      int64_t count = 0, len = 0;
+      const auto flush = [&]() JD_LAMBDA_INLINE {
+        if (count) gemm_dp(geo.cgi, len, geo.cgo, count, pa, 2, 2 * cin, pb, out, geo.cgo);
+        count = 0;
+      };
+      for (int64_t i = 0; i < units; ++i) {
+        const int64_t u = u0 + i, row = u / segments, p_lo = u % segments * seg, p_hi = std::min(W, p_lo + seg);
+        const int64_t ph = row % H, pd = row / H % D, n = row / (H * D);
+        const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
+        const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
+        if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
+        const Run r = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
+        if (r.lo >= r.hi) continue;
+        if (count && r.hi - r.lo != len) flush();
+        len = r.hi - r.lo;
+        const bf16* dyrun = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
+        uint32_t* packed = dyp.get() + count * w2 * n32;
+        for (int64_t k2 = 0; 2 * k2 < len; ++k2) {
+          const bf16* even = dyrun + 2 * k2 * step;
+          interleave(even, 2 * k2 + 1 < len ? even + step : nullptr, geo.cgo, packed + k2 * n32);
+        }
+        const int64_t at = r.lo - p_lo;
+        pa[count] = reinterpret_cast<const bf16*>(xp.get() + ((i * 2 + (at & 1)) * w2 + at / 2) * cin + g * geo.cgi);
+        pb[count] = packed;
+        ++count;
+      }
+      flush();
     }
-    const int64_t at = r.lo - p_lo;
-    const uint32_t* a = xp.get() + ((at & 1) * w2 + at / 2) * cin + g * geo.cgi;
-    const bf16* pa = reinterpret_cast<const bf16*>(a);
-    const uint32_t* pb = dyp.get();
-    gemm_dp(geo.cgi, len, geo.cgo, 1, &pa, 2, 2 * cin, &pb, sums.sums() + (item - work.begin) * size, geo.cgo);
-  };
-  dw_runs(geo, work, visit, [&](int64_t terms) JD_LAMBDA_INLINE { sums.took(terms); });
+    sums.took(terms);
+  }
   dw_store(sums, geo, dw, work);
 }
 #endif
@@ -1117,11 +1151,12 @@ ffi::Error run(ffi::ThreadPool& pool, ffi::AnyBuffer a, ffi::AnyBuffer b, const 
     } else if (type == ffi::DataType::BF16) {
       fn = kMap == Map::kForward ? set.forward16 : kMap == Map::kDx ? set.dx16 : set.dw16;
       // vdpbf16ps sums pairs of positions in the weight gradient, into vectors of C_out: with
-      // at most 16 channels a side, or at most 4 on one (a network's first or last layer: 1 of
+      // at most 8 channels a side, or at most 4 on one (a network's first or last layer: 1 of
       // 16 lanes used), the float32 kernels on x widened once per row and dy as read are the
-      // faster (measured, Zen 4, one core, time against the pairs: 0.47-0.85x with 8 or 16
-      // channels, 0.25x on a first layer's 1 -> 32 channels at 64^3, 0.4-0.6x on a 16 -> 1 head).
-      if (kMap == Map::kDw && (std::max(geo.cgi, geo.cgo) <= 16 || std::min(geo.cgi, geo.cgo) <= 4))
+      // faster (measured, Zen 4, one core, time against the pairs: 0.25x on a first layer's
+      // 1 -> 32 channels at 64^3, 0.4-0.6x on a 16 -> 1 head; 16 -> 16 channels, since the
+      // pairs' tiles take a block of rows per tap: 1.4-1.6x, so pairs there).
+      if (kMap == Map::kDw && (std::max(geo.cgi, geo.cgo) <= 8 || std::min(geo.cgi, geo.cgo) <= 4))
         fn = set.dw16_wide;
       if (kMap != Map::kDw) {
         const int64_t K = kMap == Map::kForward ? geo.cgi : geo.cgo, N = kMap == Map::kForward ? geo.cgo : geo.cgi;
