@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from jax import lax as _lax
 
 from jax_deconv._lax_conv import conv_general_dilated
+from jax_deconv._native.bias import add_bias
 from jax_deconv._plan import equinox_crops
 from jax_deconv.lax import transpose_with_crops
 
@@ -51,7 +52,10 @@ class Conv(eqx.nn.Conv):
             x, padding = self._nonzero_pad(x), "VALID"
         y = conv_general_dilated(x[None], self.weight, self.stride, padding, rhs_dilation=self.dilation,
                                  feature_group_count=self.groups)[0]
-        return y + self.bias if self.use_bias and self.bias is not None else y
+        if not self.use_bias or self.bias is None:
+            return y
+        # Equinox's y + bias (bias (C_out, 1.., 1)), its gradient summed by the native kernels
+        return add_bias(y, self.bias.reshape(-1), 0, jnp.result_type(y, self.bias))
 
 
 class Conv1d(Conv, eqx.nn.Conv1d):
