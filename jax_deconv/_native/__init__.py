@@ -479,13 +479,17 @@ def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[..., jax.Array]:
     return call
 
 
+def for_export(ctx: Any) -> bool:
+    """Whether a lowering context lowers for ``jax.export``, whose programs carry no custom call."""
+    return getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
+
+
 def _lowering(prim: Primitive, native: bool):
     base = _BASE[prim]
 
     def rule(ctx, *operands, geometry: Geometry):
-        for_export = getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
         dtype = ctx.avals_in[0].dtype
-        if not (native and AVAILABLE and not for_export and dtype in DTYPES and _nonempty(geometry)):
+        if not (native and AVAILABLE and not for_export(ctx) and dtype in DTYPES and _nonempty(geometry)):
             fn = _xla_map(base, geometry, "cpu" if native else "gpu")
         elif prim is base:
             fn = _ffi_map(base, geometry)

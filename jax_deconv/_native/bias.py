@@ -54,10 +54,6 @@ def add_bias(y: jax.Array, b: jax.Array, axis: int, dtype: Any = None) -> jax.Ar
     return y.astype(dtype) + spread_p.bind(b, shape=tuple(y.shape), axis=axis, dtype=dtype)
 
 
-def _wide(*dtypes: Any) -> np.dtype:
-    return np.dtype(jnp.result_type(jnp.float32, *dtypes))
-
-
 def _replicated(aval: Any) -> Any:
     return jax.sharding.NamedSharding(aval.sharding.mesh, jax.sharding.PartitionSpec())
 
@@ -75,9 +71,14 @@ def _spread(b, *, shape, axis, dtype):
     return lax.broadcast_in_dim(b.astype(dtype), shape, (axis,))
 
 
+def _summed(ct, kept: tuple[int, ...], dtype) -> jax.Array:
+    """``ct`` summed over every axis not in ``kept``, in float32 at least, rounded once to ``dtype``."""
+    others = tuple(a for a in range(ct.ndim) if a not in kept)
+    return jnp.sum(ct.astype(native._wide(jnp.promote_types(ct.dtype, dtype))), axis=others).astype(dtype)
+
+
 def _xla_sum(ct, *, axis, dtype):
-    others = tuple(a for a in range(ct.ndim) if a != axis)
-    return jnp.sum(ct.astype(_wide(ct.dtype, dtype)), axis=others).astype(dtype)
+    return _summed(ct, (axis,), dtype)
 
 
 def _spread_transpose(ct, b, *, shape, axis, dtype):
@@ -104,15 +105,12 @@ def _spread_batch(args, dims, *, shape, axis, dtype):
 
 def _sum_batch(args, dims, *, axis, dtype):
     (ct,), (d,) = args, dims
-    ct = jnp.moveaxis(ct, d, 0)
-    others = tuple(a + 1 for a in range(ct.ndim - 1) if a != axis)
-    return jnp.sum(ct.astype(_wide(ct.dtype, dtype)), axis=others).astype(dtype), 0
+    return _summed(jnp.moveaxis(ct, d, 0), (0, axis + 1), dtype), 0
 
 
 def _sum_lowering(ctx, ct, *, axis, dtype):
     aval = ctx.avals_in[0]
-    for_export = getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
-    if not native.AVAILABLE or for_export or (np.dtype(aval.dtype), dtype) not in _KERNEL_DTYPES \
+    if not native.AVAILABLE or native.for_export(ctx) or (np.dtype(aval.dtype), dtype) not in _KERNEL_DTYPES \
             or math.prod(aval.shape) == 0:
         return mlir.lower_fun(lambda v: _xla_sum(v, axis=axis, dtype=dtype), multiple_results=False)(ctx, ct)
     shape = np.array([math.prod(aval.shape[:axis]), aval.shape[axis], math.prod(aval.shape[axis + 1:])], np.int64)

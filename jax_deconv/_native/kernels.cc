@@ -19,8 +19,8 @@
 // elsewhere (aarch64...) the portable build alone.
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -763,32 +763,49 @@ JD_INLINE void dx_rows(const Geometry& geo, const TX* dy, const typename Gemm::B
   }
 }
 
-// The runs a weight-gradient task reads. For each row unit u in [u0, u1) of x (row (n, pd, ph),
-// positions [p_lo, p_hi)), outer, and each item (g, qd, qh, qw) in [begin, end) whose tap lands
-// that row inside the output: visit(row, p_lo, p_hi, first, item, g, run, dy_row), with dy_row =
-// (n*OD + od)*OH + oh and first true at a unit's first call; then done(p_hi - p_lo), the most
+// A row unit of x for the weight gradient: row (n, pd, ph) of x, positions [p_lo, p_hi) (rows
+// cut in segments of `seg` positions).
+struct Unit {
+  int64_t row, p_lo, p_hi;
+};
+
+JD_INLINE Unit unit_of(const Geometry& geo, int64_t u, int64_t seg) {
+  const int64_t W = geo.in[2], segments = ceil_div(W, seg), p_lo = u % segments * seg;
+  return Unit{u / segments, p_lo, std::min(W, p_lo + seg)};
+}
+
+// Where item (g, qd, qh, qw) takes `unit` in the output: false when its tap lands the row
+// outside it or no position of the unit reaches it; else its run r and dy_row = (n*OD + od)*OH + oh.
+JD_INLINE bool tap_run(const Geometry& geo, const Unit& unit, int64_t item, Run* r, int64_t* dy_row) {
+  const int64_t D = geo.in[0], H = geo.in[1], OD = geo.out[0], OH = geo.out[1], KW = geo.k[2], KH = geo.k[1];
+  const int64_t ph = unit.row % H, pd = unit.row / H % D, n = unit.row / (H * D);
+  const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % geo.k[0];
+  const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
+  const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
+  if (od < 0 || od >= OD || oh < 0 || oh >= OH) return false;
+  *r = clip(run_of(geo.in[2], 0, geo.out[2], geo.s[2], geo.d[2] * qw, geo.pb[2]), unit.p_lo, unit.p_hi, geo.s[2]);
+  *dy_row = (n * OD + od) * OH + oh;
+  return r->lo < r->hi;
+}
+
+// The runs a weight-gradient task reads. For each row unit u in [u0, u1) of x, outer, and each
+// item (g, qd, qh, qw) in [begin, end) that reaches it (tap_run): visit(row, p_lo, p_hi, first,
+// item, g, run, dy_row), first true at a unit's first call; then done(p_hi - p_lo), the most
 // terms a unit adds to a sum. Units outer: each is read once per task while it is in cache.
 template <typename Visit, typename Done>
 JD_INLINE void dw_runs(const Geometry& geo, const Work& work, const Visit& visit, const Done& done) {
-  const int64_t D = geo.in[0], H = geo.in[1], W = geo.in[2];
-  const int64_t OD = geo.out[0], OH = geo.out[1], OW = geo.out[2];
-  const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2];
-  const int64_t seg = work.segment, segments = (W + seg - 1) / seg;
+  const int64_t taps = geo.k[0] * geo.k[1] * geo.k[2];
   for (int64_t u = work.u0; u < work.u1; ++u) {
-    const int64_t row = u / segments, p_lo = u % segments * seg, p_hi = std::min(W, p_lo + seg);
-    const int64_t ph = row % H, pd = row / H % D, n = row / (H * D);
+    const Unit unit = unit_of(geo, u, work.segment);
     bool first = true;
     for (int64_t item = work.begin; item < work.end; ++item) {
-      const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD;
-      const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
-      const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
-      if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
-      const Run r = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
-      if (r.lo >= r.hi) continue;
-      visit(row, p_lo, p_hi, first, item, item / (KW * KH * KD), r, (n * OD + od) * OH + oh);
+      Run r;
+      int64_t dy_row;
+      if (!tap_run(geo, unit, item, &r, &dy_row)) continue;
+      visit(unit.row, unit.p_lo, unit.p_hi, first, item, item / taps, r, dy_row);
       first = false;
     }
-    done(p_hi - p_lo);
+    done(unit.p_hi - unit.p_lo);
   }
 }
 
@@ -855,9 +872,7 @@ template <int VB>
 JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* dy, bf16* dw, const Work& work) {
   constexpr int64_t kUnits = 16;
   const int64_t cin = geo.cin(), cout = geo.cout(), W = geo.in[2], OW = geo.out[2];
-  const int64_t D = geo.in[0], H = geo.in[1], OD = geo.out[0], OH = geo.out[1];
-  const int64_t KD = geo.k[0], KH = geo.k[1], KW = geo.k[2], taps = KD * KH * KW;
-  const int64_t seg = work.segment, segments = ceil_div(W, seg), step = geo.s[2] * cout;
+  const int64_t taps = geo.k[0] * geo.k[1] * geo.k[2], seg = work.segment, step = geo.s[2] * cout;
   const int64_t size = geo.cgi * geo.cgo, w2 = seg / 2 + 1, n32 = (geo.cgo + 31) / 32 * 32;
   const int64_t block = std::max<int64_t>(1, std::min(kUnits, kLeafTerms / seg));
   Cascade<float> sums((work.end - work.begin) * size);
@@ -865,47 +880,44 @@ JD_TARGET_BF16 void dw_items_dp(const Geometry& geo, const bf16* x, const bf16* 
   // zero past p_hi; dyp[product][k2 * n32 + j]: a tap's run of dy in pairs
   std::unique_ptr<uint32_t[]> xp(new uint32_t[block * 2 * w2 * cin]);
   std::unique_ptr<uint32_t[]> dyp(new uint32_t[block * w2 * n32]());
+  Unit units[kUnits];
   const bf16* pa[kUnits];
   const uint32_t* pb[kUnits];
   for (int64_t u0 = work.u0; u0 < work.u1; u0 += block) {
-    const int64_t units = std::min(block, work.u1 - u0);
+    const int64_t count_units = std::min(block, work.u1 - u0);
     int64_t terms = 0;
-    for (int64_t i = 0; i < units; ++i) {
-      const int64_t u = u0 + i, p_lo = u % segments * seg, p_hi = std::min(W, p_lo + seg);
-      const bf16* xrow = x + u / segments * W * cin;
+    for (int64_t i = 0; i < count_units; ++i) {
+      const Unit& unit = units[i] = unit_of(geo, u0 + i, seg);
+      const bf16* xrow = x + unit.row * W * cin;
       for (int64_t parity = 0; parity < 2; ++parity)
         for (int64_t k2 = 0; k2 < w2; ++k2) {
-          const int64_t p = p_lo + parity + 2 * k2;
-          interleave(p < p_hi ? xrow + p * cin : nullptr, p + 1 < p_hi ? xrow + (p + 1) * cin : nullptr, cin,
-                     xp.get() + ((i * 2 + parity) * w2 + k2) * cin);
+          const int64_t p = unit.p_lo + parity + 2 * k2;
+          interleave(p < unit.p_hi ? xrow + p * cin : nullptr, p + 1 < unit.p_hi ? xrow + (p + 1) * cin : nullptr,
+                     cin, xp.get() + ((i * 2 + parity) * w2 + k2) * cin);
         }
-      terms += p_hi - p_lo;
+      terms += unit.p_hi - unit.p_lo;
     }
     for (int64_t item = work.begin; item < work.end; ++item) {
-      const int64_t qw = item % KW, qh = (item / KW) % KH, qd = (item / (KW * KH)) % KD, g = item / taps;
+      const int64_t g = item / taps;
       float* out = sums.sums() + (item - work.begin) * size;
       int64_t count = 0, len = 0;
       const auto flush = [&]() JD_LAMBDA_INLINE {
         if (count) gemm_dp(geo.cgi, len, geo.cgo, count, pa, 2, 2 * cin, pb, out, geo.cgo);
         count = 0;
       };
-      for (int64_t i = 0; i < units; ++i) {
-        const int64_t u = u0 + i, row = u / segments, p_lo = u % segments * seg, p_hi = std::min(W, p_lo + seg);
-        const int64_t ph = row % H, pd = row / H % D, n = row / (H * D);
-        const int64_t od = geo.s[0] * pd + geo.d[0] * qd - geo.pb[0];
-        const int64_t oh = geo.s[1] * ph + geo.d[1] * qh - geo.pb[1];
-        if (od < 0 || od >= OD || oh < 0 || oh >= OH) continue;
-        const Run r = clip(run_of(W, 0, OW, geo.s[2], geo.d[2] * qw, geo.pb[2]), p_lo, p_hi, geo.s[2]);
-        if (r.lo >= r.hi) continue;
+      for (int64_t i = 0; i < count_units; ++i) {
+        Run r;
+        int64_t dy_row;
+        if (!tap_run(geo, units[i], item, &r, &dy_row)) continue;
         if (count && r.hi - r.lo != len) flush();
         len = r.hi - r.lo;
-        const bf16* dyrun = dy + (((n * OD + od) * OH + oh) * OW + r.o0) * cout + g * geo.cgo;
+        const bf16* dyrun = dy + (dy_row * OW + r.o0) * cout + g * geo.cgo;
         uint32_t* packed = dyp.get() + count * w2 * n32;
         for (int64_t k2 = 0; 2 * k2 < len; ++k2) {
           const bf16* even = dyrun + 2 * k2 * step;
           interleave(even, 2 * k2 + 1 < len ? even + step : nullptr, geo.cgo, packed + k2 * n32);
         }
-        const int64_t at = r.lo - p_lo;
+        const int64_t at = r.lo - units[i].p_lo;
         pa[count] = reinterpret_cast<const bf16*>(xp.get() + ((i * 2 + (at & 1)) * w2 + at / 2) * cin + g * geo.cgi);
         pb[count] = packed;
         ++count;
