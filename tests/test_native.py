@@ -227,6 +227,73 @@ def test_native_maps_against_the_reference(name):
         jax.config.update("jax_enable_x64", False)
 
 
+GROUP_CASES = {  # NHWC x shape, weight shape (C_in, K.., Cg_out), arguments: 4-16 channels per group
+    "3-D, 4 groups 8 -> 8, stride 2": ((1, 4, 5, 6, 32), (32, 3, 3, 3, 8),
+                                        dict(kernel_shape=3, strides=2, pads=1, output_padding=(1, 1, 1), group=4)),
+    "2-D, 5 groups 8 -> 3": ((2, 5, 7, 40), (40, 2, 2, 3), dict(kernel_shape=2, strides=2, group=5)),
+    "2-D, 6 groups 4 -> 8, stride 1": ((1, 6, 9, 24), (24, 3, 3, 8), dict(kernel_shape=3, pads=1, group=6)),
+    "3-D, 3 groups 16 -> 16": ((1, 3, 4, 5, 48), (48, 3, 3, 3, 16), dict(kernel_shape=3, strides=2, pads=1, group=3)),
+    "2-D, 8 groups 8 -> 16": ((1, 6, 6, 64), (64, 4, 4, 16), dict(kernel_shape=4, strides=2, pads=1, group=8)),
+    "1-D, 4 groups 8 -> 8, dilated": ((2, 40, 32), (32, 3, 8), dict(kernel_shape=3, strides=3, dilations=2, group=4)),
+}
+
+
+def small_group_failures() -> list[str]:
+    """The GROUP_CASES in float32 and bfloat16 (forward, dx, dw) against the float64 reference of
+    the same rounded values, within the float32 sums' rounding (bfloat16: and the result's)."""
+    from reference import reference_vjp
+
+    failures = []
+    rng = np.random.default_rng(23)
+    for name, (x_shape, w_shape, args) in GROUP_CASES.items():
+        kwargs = dict(args, data_format="NHWC")
+        for dtype, rel in ((jnp.float32, 0.0), (jnp.bfloat16, 2.0**-8)):
+            x, w = (np.asarray(jnp.asarray(rng.standard_normal(s), dtype), np.float64) for s in (x_shape, w_shape))
+            want = reference(x, w, **kwargs)
+            gy = np.asarray(jnp.asarray(rng.standard_normal(want.shape), dtype), np.float64)
+            bounds = [reference(abs(x), abs(w), **kwargs), *reference_vjp(abs(x), abs(w), abs(gy), **kwargs)]
+
+            @jax.jit
+            def everything(x, w, gy, kwargs=kwargs):
+                y, vjp = jax.vjp(lambda x, w: conv_transpose([x, w], algorithm="native", **kwargs), x, w)
+                return y, *vjp(gy)
+
+            got = everything(*(jnp.asarray(v, dtype) for v in (x, w, gy)))
+            for what, g, e, bound in zip(("y", "dx", "dw"), got, (want, *reference_vjp(x, w, gy, **kwargs)), bounds):
+                error = np.abs(np.asarray(g, np.float64) - e)
+                if g.dtype != dtype or not np.all(error <= rel * np.abs(e) + 2.0**-16 * bound):
+                    failures.append(f"{name} {jnp.dtype(dtype).name} {what}: off by {error.max():.3g}")
+    return failures
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", [None, "avx512f", "avx2+fma", "baseline"])
+def test_small_groups_against_the_reference(isa):
+    """Grouped layers of 4-16 channels per group (a group's products half a vector wide or less,
+    3-8 groups, 1-D to 3-D, strided, dilated): forward, dx and dw in float32 and bfloat16, on this
+    processor's kernels and on the lower variants (JAX_DECONV_ISA, in a subprocess). The random
+    sweeps draw 1-40 channels per group and seldom these counts, where the kernels' tiles are
+    narrowest."""
+    if isa is None:
+        assert small_group_failures() == []
+        return
+    flags = _cpu_flags()
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("the instruction-set variants are x86-64's")
+    if isa == "avx512f" and not {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512_bf16"} <= flags:
+        pytest.skip("'avx512f' is the default here, or this processor has no AVX-512")
+    if isa == "avx2+fma" and not {"avx2", "fma"} <= flags:
+        pytest.skip("this processor has no AVX2/FMA")
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import jax_deconv, test_native; "
+            "print(jax_deconv.native_kernels()); print(test_native.small_group_failures())")
+    out = subprocess.run([sys.executable, "-c", code, HERE], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, JAX_DECONV_ISA=isa))
+    assert out.returncode == 0, out.stderr[-3000:]
+    kernels, failures = out.stdout.strip().splitlines()[-2:]
+    assert kernels == {"avx512f": "avx512f", "avx2+fma": "avx2+fma", "baseline": "x86-64 baseline"}[isa]
+    assert failures == "[]", failures
+
+
 def _geometry(x_shape, w_shape, **args):
     from jax_deconv import conv_transpose_plan
     from jax_deconv._native import Geometry

@@ -19,7 +19,14 @@ from jax_deconv import native_kernels
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_multidevice_cases_pass_on_8_devices():
+# The cases in three subprocesses of about 30 s each, which the suite's workers share (one of
+# about 80 s was the last to finish); the third takes every case the first two do not.
+PARTS = ["test_batch_sharded_equals_one_device", "test_explicitly_sharded_every_gradient",
+         "not test_batch_sharded_equals_one_device and not test_explicitly_sharded_every_gradient"]
+
+
+@pytest.mark.parametrize("part", PARTS, ids=["batch", "explicit", "rest"])
+def test_multidevice_cases_pass_on_8_devices(part):
     import jax
 
     if not hasattr(jax, "shard_map") or not hasattr(jax.sharding, "AxisType"):
@@ -27,7 +34,7 @@ def test_multidevice_cases_pass_on_8_devices():
     flags = f"--xla_force_host_platform_device_count=8 {FAST_COMPILE}"  # compile level: see conftest.py
     env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS="cpu")
     out = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+        [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-k", part,
          os.path.join(HERE, "multidevice_cases.py")],
         capture_output=True, text=True, timeout=900, env=env, cwd=os.path.dirname(HERE),
     )
