@@ -19,8 +19,9 @@ from jax_deconv import native_kernels
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-# The cases in three subprocesses of about 30 s each, which the suite's workers share (one of
-# about 80 s was the last to finish); the third takes every case the first two do not.
+# The cases in three subprocesses of about 20-30 s each, which the suite's workers share (one
+# subprocess of about 80 s ran on one worker alone); the third takes every case the first two
+# do not.
 PARTS = ["test_batch_sharded_equals_one_device", "test_explicitly_sharded_every_gradient",
          "not test_batch_sharded_equals_one_device and not test_explicitly_sharded_every_gradient"]
 
