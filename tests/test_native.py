@@ -60,12 +60,13 @@ def _sweep(env: dict, *args: str) -> None:
     assert out.stdout.strip().splitlines()[-1] == f"SWEEP {args[1]} 0", out.stdout[-3000:]
 
 
-@needs_kernels
-@pytest.mark.parametrize("isa", ["avx512f", "avx2+fma", "baseline"])
-def test_every_instruction_set_variant_matches_the_reference(isa):
-    """The lower variants, forced by JAX_DECONV_ISA, through the randomised sweeps in a
-    subprocess: float64 (forward, VJP and JVP against the NumPy reference) and bfloat16
-    (forward and both gradients, element by element, with up to 40 channels per group)."""
+# What native_kernels() reports under each lower variant that JAX_DECONV_ISA forces.
+LOWER_VARIANTS = {"avx512f": "avx512f", "avx2+fma": "avx2+fma", "baseline": "x86-64 baseline"}
+
+
+def _lower_variant_env(isa: str) -> dict:
+    """The environment that forces variant ``isa``; skips where this processor cannot run it, or
+    where it is the default already (``'avx512f'`` without AVX512-BF16)."""
     if platform.machine().lower() not in ("x86_64", "amd64"):
         pytest.skip("the instruction-set variants are x86-64's")
     flags = _cpu_flags()
@@ -73,8 +74,17 @@ def test_every_instruction_set_variant_matches_the_reference(isa):
         pytest.skip("'avx512f' is the default here, or this processor has no AVX-512")
     if isa == "avx2+fma" and not {"avx2", "fma"} <= flags:
         pytest.skip("this processor has no AVX2/FMA")
-    env = dict(os.environ, JAX_DECONV_ISA=isa)
-    expected = {"avx512f": "avx512f", "avx2+fma": "avx2+fma", "baseline": "x86-64 baseline"}[isa]
+    return dict(os.environ, JAX_DECONV_ISA=isa)
+
+
+@needs_kernels
+@pytest.mark.parametrize("isa", list(LOWER_VARIANTS))
+def test_every_instruction_set_variant_matches_the_reference(isa):
+    """The lower variants, forced by JAX_DECONV_ISA, through the randomised sweeps in a
+    subprocess: float64 (forward, VJP and JVP against the NumPy reference) and bfloat16
+    (forward and both gradients, element by element, with up to 40 channels per group)."""
+    env = _lower_variant_env(isa)
+    expected = LOWER_VARIANTS[isa]
     code = f"import jax_deconv; assert jax_deconv.native_kernels() == {expected!r}, jax_deconv.native_kernels()"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -267,7 +277,7 @@ def small_group_failures() -> list[str]:
 
 
 @needs_kernels
-@pytest.mark.parametrize("isa", [None, "avx512f", "avx2+fma", "baseline"])
+@pytest.mark.parametrize("isa", [None, *LOWER_VARIANTS])
 def test_small_groups_against_the_reference(isa):
     """Grouped layers of 4-16 channels per group (a group's products half a vector wide or less,
     3-8 groups, 1-D to 3-D, strided, dilated): forward, dx and dw in float32 and bfloat16, on this
@@ -277,20 +287,14 @@ def test_small_groups_against_the_reference(isa):
     if isa is None:
         assert small_group_failures() == []
         return
-    flags = _cpu_flags()
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        pytest.skip("the instruction-set variants are x86-64's")
-    if isa == "avx512f" and not {"avx512f", "avx512vl", "avx512bw", "avx512dq", "avx512_bf16"} <= flags:
-        pytest.skip("'avx512f' is the default here, or this processor has no AVX-512")
-    if isa == "avx2+fma" and not {"avx2", "fma"} <= flags:
-        pytest.skip("this processor has no AVX2/FMA")
+    env = _lower_variant_env(isa)
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import jax_deconv, test_native; "
             "print(jax_deconv.native_kernels()); print(test_native.small_group_failures())")
     out = subprocess.run([sys.executable, "-c", code, HERE], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, JAX_DECONV_ISA=isa))
+                         env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     kernels, failures = out.stdout.strip().splitlines()[-2:]
-    assert kernels == {"avx512f": "avx512f", "avx2+fma": "avx2+fma", "baseline": "x86-64 baseline"}[isa]
+    assert kernels == LOWER_VARIANTS[isa]
     assert failures == "[]", failures
 
 
