@@ -452,13 +452,17 @@ def widened_bfloat16(prim: Primitive, geometry: Geometry) -> bool:
     with few channels in the result that costs more than the conversions, whose float32 copies
     cost memory traffic in turn (a float32 array over 32 MiB is new memory, page-faulted, at
     every call). Measured (AMD Zen 4, one core, its ``vdpbf16ps`` kernels, 2026-12-07), widened
-    against not: the forward with 8-channel groups 0.86-0.95x; the input gradient 0.7x with one
-    channel in its result, but 1.2-1.3x with 8-channel groups and 1.9x for a first layer's
-    1 -> 32 channels at 64^3 (2 threads). The weight gradient is never widened here: its kernels
-    choose, widening as they read (``kernels.cc``)."""
+    against not: the forward with 8 channels out per group 0.86-0.95x, but with 4 or more groups
+    of 8 channels in, which the kernels take 4 side by side, 1.1-1.25x (layer D); the input
+    gradient 0.7x with one channel in its result, but 1.2-1.3x with 8-channel groups and 1.9x for
+    a first layer's 1 -> 32 channels at 64^3 (2 threads). The weight gradient is never widened
+    here: its kernels choose, widening as they read (``kernels.cc``)."""
     if prim is dw_p:
         return False  # the kernels choose (kernels.cc: widened as read, no float32 copies)
-    return geometry.cg_in <= 4 if prim is dx_p else geometry.cg_out <= 8
+    if prim is dx_p:
+        return geometry.cg_in <= 4
+    side_by_side = geometry.group >= 4 and geometry.cg_in == 8  # (kernels.cc: gemm_dp)
+    return geometry.cg_out <= 8 and not side_by_side
 
 
 def _ffi_map(prim: Primitive, geometry: Geometry) -> Callable[..., jax.Array]:
