@@ -453,7 +453,8 @@ def widened_bfloat16(prim: Primitive, geometry: Geometry) -> bool:
     cost memory traffic in turn (a float32 array over 32 MiB is new memory, page-faulted, at
     every call). Measured (AMD Zen 4, one core, its ``vdpbf16ps`` kernels, 2026-12-07), widened
     against not: the forward with 8 channels out per group 0.86-0.95x, but with 4 or more groups
-    of 8 channels in, which the kernels take 4 side by side, 1.1-1.25x (layer D); the input
+    of 8 channels in, which the ``vdpbf16ps`` kernels take 4 side by side, 1.1-1.3x (layer D;
+    the ``avx512f`` and ``avx2+fma`` kernels, which widen as they read, 0.85x there); the input
     gradient 0.7x with one channel in its result, but 1.2-1.3x with 8-channel groups and 1.9x for
     a first layer's 1 -> 32 channels at 64^3 (2 threads). The weight gradient is never widened
     here: its kernels choose, widening as they read (``kernels.cc``)."""
@@ -461,7 +462,7 @@ def widened_bfloat16(prim: Primitive, geometry: Geometry) -> bool:
         return False  # the kernels choose (kernels.cc: widened as read, no float32 copies)
     if prim is dx_p:
         return geometry.cg_in <= 4
-    side_by_side = geometry.group >= 4 and geometry.cg_in == 8  # (kernels.cc: gemm_dp)
+    side_by_side = native_kernels() == "avx512bf16" and geometry.group >= 4 and geometry.cg_in == 8  # gemm_dp_groups
     return geometry.cg_out <= 8 and not side_by_side
 
 
