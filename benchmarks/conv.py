@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-LAYERS = {  # name: (N, C_in, C_out, size, kernel, stride)
+LAYERS = {  # name: (N, C_in, C_out, size, kernel, stride[, groups])
     "e1 N1 1->32 64^3 k3": (1, 1, 32, 64, 3, 1),
     "e2 N1 32->64 32^3 k3": (1, 32, 64, 32, 3, 1),
     "e3 N1 64->128 16^3 k3": (1, 64, 128, 16, 3, 1),
@@ -30,7 +30,15 @@ LAYERS = {  # name: (N, C_in, C_out, size, kernel, stride)
     "e2 N2 32->64 32^3 k3": (2, 32, 64, 32, 3, 1),
     "down N1 32->64 64^3 k3 s2": (1, 32, 64, 64, 3, 2),
     "proj N1 64->32 32^3 k1": (1, 64, 32, 32, 1, 1),
+    # depthwise, as in separable 3-D convolutions
+    "dw N1 64 32^3 k3 g64": (1, 64, 64, 32, 3, 1, 64),
+    "dw N1 64 32^3 k3 s2 g64": (1, 64, 64, 32, 3, 2, 64),
 }
+
+
+def _layer(name: str) -> tuple[int, int, int, int, int, int, int]:
+    n, ci, co, size, k, s, *groups = LAYERS[name]
+    return n, ci, co, size, k, s, groups[0] if groups else 1
 
 
 def _median_ms(fn, repeats: int) -> float:
@@ -49,13 +57,14 @@ def time_torch(layers: list[str], dtypes: list[str], threads: int, repeats: int)
     torch.set_num_threads(threads)
     out = {}
     for name in layers:
-        n, ci, co, size, k, s = LAYERS[name]
+        n, ci, co, size, k, s, groups = _layer(name)
         for dtype in dtypes:
             for layout in ("channels_last", "channels_first"):
                 fmt = torch.channels_last_3d if layout == "channels_last" else torch.contiguous_format
                 dt = getattr(torch, dtype)
                 x = torch.randn(n, ci, size, size, size, dtype=dt).to(memory_format=fmt).requires_grad_(True)
-                conv = torch.nn.Conv3d(ci, co, k, stride=s, padding=k // 2, bias=False).to(dt).to(memory_format=fmt)
+                conv = torch.nn.Conv3d(ci, co, k, stride=s, padding=k // 2, groups=groups, bias=False).to(dt)
+                conv = conv.to(memory_format=fmt)
 
                 def forward(conv=conv, x=x):
                     with torch.no_grad():
@@ -76,16 +85,17 @@ def time_jax(layers: list[str], dtypes: list[str], repeats: int) -> dict:
 
     out = {}
     for name in layers:
-        n, ci, co, size, k, s = LAYERS[name]
+        n, ci, co, size, k, s, groups = _layer(name)
         for dtype in dtypes:
             for layout, dn, x_shape in (("channels_last", ("NDHWC", "DHWIO", "NDHWC"), (n, size, size, size, ci)),
                                         ("channels_first", ("NCDHW", "OIDHW", "NCDHW"), (n, ci, size, size, size))):
-                w_shape = (k, k, k, ci, co) if layout == "channels_last" else (co, ci, k, k, k)
+                w_shape = (k, k, k, ci // groups, co) if layout == "channels_last" else (co, ci // groups, k, k, k)
                 x = jax.random.normal(jax.random.key(0), x_shape, dtype)
                 w = (jax.random.normal(jax.random.key(1), w_shape) * 0.05).astype(dtype)
                 for label, op in (("ours", dlax.conv_general_dilated), ("xla", jax.lax.conv_general_dilated)):
-                    def conv(x, w, op=op, dn=dn, s=s, k=k):
-                        return op(x, w, (s,) * 3, [(k // 2, k // 2)] * 3, dimension_numbers=dn)
+                    def conv(x, w, op=op, dn=dn, s=s, k=k, groups=groups):
+                        return op(x, w, (s,) * 3, [(k // 2, k // 2)] * 3, dimension_numbers=dn,
+                                  feature_group_count=groups)
 
                     f = jax.jit(conv)
                     g = jax.jit(jax.grad(lambda x, w, conv=conv: jnp.sum(conv(x, w).astype(jnp.float32)), (0, 1)))

@@ -92,6 +92,9 @@ CONFIGS = [
     Config("D1d", 8, 128, 128, (256,), 3, 2, pads=1, output_padding=1, group=4),
     # atrous: a dilation sharing a factor with the stride leaves 7 of the 8 phases empty
     Config("I", 1, 32, 32, (12, 12, 12), 3, 2, pads=2, output_padding=1, dilation=2),
+    # depthwise (one channel per group): a 3-D upsampler and a 2-D stride-1 layer
+    Config("J", 1, 32, 32, (16, 16, 16), 3, 2, pads=1, output_padding=1, group=32),
+    Config("J2d", 8, 64, 64, (56, 56), 3, 1, pads=1, group=64),
 ]
 
 

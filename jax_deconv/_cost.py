@@ -368,8 +368,10 @@ def _channels_first_gemm(plan: Plan) -> bool:
 def native_runs(plan: Plan) -> int:
     """The small matrix products the native kernels run for ``plan`` (each map about the same):
     one per (example, position of x's outer axes, kernel tap, group), over a run of positions
-    along the last axis."""
-    return plan.batch * math.prod(plan.in_spatial[:-1]) * math.prod(plan.kernel) * plan.group
+    along the last axis; depthwise, one per (example, position, tap) for every group at once."""
+    depthwise = plan.group > 1 and plan.in_channels == plan.group == plan.out_channels
+    groups = 1 if depthwise else plan.group
+    return plan.batch * math.prod(plan.in_spatial[:-1]) * math.prod(plan.kernel) * groups
 
 
 NATIVE_MIN_RUN_MACS = 32

@@ -237,7 +237,7 @@ def test_native_maps_against_the_reference(name):
         jax.config.update("jax_enable_x64", False)
 
 
-GROUP_CASES = {  # NHWC x shape, weight shape (C_in, K.., Cg_out), arguments: 4-16 channels per group
+GROUP_CASES = {  # NHWC x shape, weight shape (C_in, K.., Cg_out), arguments: 1-16 channels per group
     "3-D, 4 groups 8 -> 8, stride 2": ((1, 4, 5, 6, 32), (32, 3, 3, 3, 8),
                                         dict(kernel_shape=3, strides=2, pads=1, output_padding=(1, 1, 1), group=4)),
     "2-D, 5 groups 8 -> 3": ((2, 5, 7, 40), (40, 2, 2, 3), dict(kernel_shape=2, strides=2, group=5)),
@@ -245,6 +245,13 @@ GROUP_CASES = {  # NHWC x shape, weight shape (C_in, K.., Cg_out), arguments: 4-
     "3-D, 3 groups 16 -> 16": ((1, 3, 4, 5, 48), (48, 3, 3, 3, 16), dict(kernel_shape=3, strides=2, pads=1, group=3)),
     "2-D, 8 groups 8 -> 16": ((1, 6, 6, 64), (64, 4, 4, 16), dict(kernel_shape=4, strides=2, pads=1, group=8)),
     "1-D, 4 groups 8 -> 8, dilated": ((2, 40, 32), (32, 3, 8), dict(kernel_shape=3, strides=3, dilations=2, group=4)),
+    # depthwise (one channel per group): all channels at once, in vectors of channels with the
+    # half, quarter and single tails, and three stride-1 taps sharing their rows
+    "3-D depthwise, 32 channels": ((1, 5, 6, 9, 32), (32, 3, 3, 3, 1), dict(kernel_shape=3, pads=1, group=32)),
+    "2-D depthwise, 29 channels, stride 2": ((2, 5, 6, 29), (29, 3, 3, 1),
+                                             dict(kernel_shape=3, strides=2, pads=1, output_padding=(1, 1), group=29)),
+    "2-D depthwise 7x7, 24 channels": ((1, 9, 11, 24), (24, 7, 7, 1), dict(kernel_shape=7, pads=3, group=24)),
+    "1-D depthwise, 5 channels, dilated": ((2, 30, 5), (5, 5, 1), dict(kernel_shape=5, dilations=2, pads=2, group=5)),
 }
 
 
@@ -280,10 +287,10 @@ def small_group_failures() -> list[str]:
 @pytest.mark.parametrize("isa", [None, *LOWER_VARIANTS])
 def test_small_groups_against_the_reference(isa):
     """Grouped layers of 4-16 channels per group (a group's products half a vector wide or less,
-    3-8 groups, 1-D to 3-D, strided, dilated): forward, dx and dw in float32 and bfloat16, on this
-    processor's kernels and on the lower variants (JAX_DECONV_ISA, in a subprocess). The random
-    sweeps draw 1-40 channels per group and seldom these counts, where the kernels' tiles are
-    narrowest."""
+    3-8 groups, 1-D to 3-D, strided, dilated) and depthwise ones (5-32 groups of one channel, up to
+    7x7): forward, dx and dw in float32 and bfloat16, on this processor's kernels and on the lower
+    variants (JAX_DECONV_ISA, in a subprocess). The random sweeps draw 1-40 channels per group and
+    seldom these counts, where the kernels' tiles are narrowest or their own."""
     if isa is None:
         assert small_group_failures() == []
         return
@@ -332,7 +339,8 @@ def test_batch_1_calls_and_1x1_kernels_are_split_over_every_thread():
 def test_auto_leaves_runs_of_tiny_products_to_xla():
     """A kernel of 1024 taps on the first axis of a one-channel 2-D call: the native kernels would
     run 2 M matrix products of one multiply-add each (16 ns apiece: 32 ms where 'gemm' takes
-    1 ms); 'auto' takes the XLA choice. An ordinary layer keeps the kernels."""
+    1 ms); 'auto' takes the XLA choice. An ordinary layer keeps the kernels, and so does a
+    depthwise one (counted per group, its 221,184 runs of 16 multiply-adds were left to XLA)."""
     from jax_deconv import choose_algorithm, conv_transpose_plan
 
     plan = conv_transpose_plan((1, 2000, 1, 1), (1, 1024, 1, 1), kernel_shape=(1024, 1), strides=(256, 1),
@@ -341,3 +349,8 @@ def test_auto_leaves_runs_of_tiny_products_to_xla():
     layer = conv_transpose_plan((1, 16, 16, 16, 32), (32, 3, 3, 3, 32), kernel_shape=3, strides=2,
                                 data_format="NHWC")
     assert choose_algorithm(layer, "float32", "cpu") == ("native" if NATIVE else "gemm")
+    # depthwise, 32 groups of one channel: the kernels take the 32 at once, one run per (position
+    # of the outer axes, tap), not 32 runs of one multiply-add per position
+    depthwise = conv_transpose_plan((1, 16, 16, 16, 32), (32, 3, 3, 3, 1), kernel_shape=3, strides=2, pads=1,
+                                    output_padding=(1, 1, 1), group=32, data_format="NHWC")
+    assert choose_algorithm(depthwise, "float32", "cpu") == ("native" if NATIVE else "gemm")

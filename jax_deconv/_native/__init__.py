@@ -241,6 +241,12 @@ class Geometry:
                            plan.in_spatial, plan.out_spatial, plan.kernel, plan.strides, plan.dilations,
                            plan.pad_begin)
 
+    @property
+    def depthwise(self) -> bool:
+        """Several groups of one channel in and one out: the kernels take every group at once,
+        vectorised along the channels (``Depthwise`` in ``kernels.cc``)."""
+        return self.group > 1 and self.cg_in == 1 and self.cg_out == 1
+
     def as_attribute(self) -> np.ndarray:
         """The 22 sizes the kernels read, in their order."""
         return np.array([self.batch, self.group, self.cg_in, self.cg_out, *self.in_spatial, *self.out_spatial,
@@ -457,9 +463,10 @@ def widened_bfloat16(prim: Primitive, geometry: Geometry) -> bool:
     the ``avx512f`` and ``avx2+fma`` kernels, which widen as they read, 0.85x there); the input
     gradient 0.7x with one channel in its result, but 1.2-1.3x with 8-channel groups and 1.9x for
     a first layer's 1 -> 32 channels at 64^3 (2 threads). The weight gradient is never widened
-    here: its kernels choose, widening as they read (``kernels.cc``)."""
-    if prim is dw_p:
-        return False  # the kernels choose (kernels.cc: widened as read, no float32 copies)
+    here: its kernels choose, widening as they read (``kernels.cc``); nor a depthwise call, whose
+    kernels widen as they read (3x3 over 64 channels at 56^2, batch 8: forward 0.8x)."""
+    if prim is dw_p or geometry.depthwise:
+        return False  # the kernels choose, or widen as they read (kernels.cc)
     if prim is dx_p:
         return geometry.cg_in <= 4
     side_by_side = native_kernels() == "avx512bf16" and geometry.group >= 4 and geometry.cg_in == 8  # gemm_dp_groups
