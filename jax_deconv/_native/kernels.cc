@@ -1147,7 +1147,7 @@ JD_INLINE void dw_items(const Geometry& geo, const TX* x, const TX* dy, TX* dw, 
 
 // out[j] += sum over m < M of x[m*xs + j] * d[m*ds + j] for j < n: a depthwise weight gradient's
 // sums over a run of positions, vectorised along the channels (two copies of each tile's sums
-// take alternate positions: 8 sums in flight).
+// take alternate positions: 8 sums in flight in a tile of 4 vectors, 2 in the narrower tails).
 template <typename TX, typename T, int VB, int NV>
 JD_INLINE void depthwise_sums_tile(int64_t M, const TX* x, int64_t xs, const TX* d, int64_t ds, T* out) {
   using V = typename Vec<T, VB>::type;
